@@ -1,0 +1,88 @@
+"""The `curation` command: run the graph, make sample data, inspect manifests, manage models and heads."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from curation.config import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "pipelines" / "configs" / "demo.yaml"
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from curation.runner import main_run
+
+    return main_run(args.input, args.output, args.config, args.limit, args.address)
+
+
+def _cmd_samples_make(args: argparse.Namespace) -> int:
+    from curation.samples import make_samples
+
+    labels = make_samples(args.dir, seed=args.seed)
+    print(f"wrote {len(labels)} labeled files to {args.dir} (labels.parquet)")
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from curation.manifest import counts
+
+    print(json.dumps(counts(args.output), indent=2))
+    return 0
+
+
+def _add_optional(sub: argparse._SubParsersAction, module: str) -> None:
+    """Let a feature module add its own sub-commands (models, heads, scorer) when it is installed."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return
+    mod.add_parser(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `curation` command."""
+    p = argparse.ArgumentParser(prog="curation", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the curation graph (local Ray unless RAY_ADDRESS/--address is set)")
+    r.add_argument("--input", action="append", required=True, help="directory, file or URI (repeatable)")
+    r.add_argument("--output", required=True, help="output directory for manifests")
+    r.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline YAML (default: demo.yaml)")
+    r.add_argument("--limit", type=int, default=None, help="process at most N sources")
+    r.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    r.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("samples", help="labeled sample data")
+    ssub = s.add_subparsers(dest="samples_command", required=True)
+    sm = ssub.add_parser("make", help="generate the labeled sample set into DIR")
+    sm.add_argument("dir")
+    sm.add_argument("--seed", type=int, default=0)
+    sm.set_defaults(func=_cmd_samples_make)
+
+    c = sub.add_parser("summary", help="counts per status and reason of an output directory")
+    c.add_argument("output")
+    c.set_defaults(func=_cmd_summary)
+
+    _add_optional(sub, "curation.heads_cli")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `curation` console script."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Decode once: each clip is decoded one time, at reduced resolution, into the named frame views of DESIGN.md §4.
+
+- `frames`: K uniformly spaced RGB frames, short side `short_side` (never upscaled), for vision models, OCR, NSFW;
+- `motion_frames`: grayscale frames at ~`motion_fps`, `motion_width` wide, for optical flow.
+
+Both views come out of one decoder call: the union of the two index sets is decoded at the `frames` size and the
+motion view is a downscaled grayscale copy. decord is the primary decoder (decoder-side resize, index-based seeking);
+PyAV is the fallback for what decord cannot open.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+from curation.config import FramesConfig
+
+
+@dataclass
+class FrameViews:
+    """The decoded views of one clip."""
+
+    frames: np.ndarray  # (K, H, W, 3) uint8 RGB
+    frame_indices: np.ndarray  # (K,) int64
+    motion_frames: np.ndarray  # (T, h, w) uint8 gray
+    motion_frame_indices: np.ndarray  # (T,) int64
+    motion_fps: float
+    decoder: str
+
+    def as_columns(self) -> dict:
+        """The view columns of a row."""
+        return {
+            "frames": self.frames,
+            "frame_indices": self.frame_indices,
+            "motion_frames": self.motion_frames,
+            "motion_frame_indices": self.motion_frame_indices,
+            "motion_fps": float(self.motion_fps),
+        }
+
+
+def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(w, h) with the short side at most `short_side`, aspect kept, even sizes (never upscaled)."""
+    s = min(width, height)
+    if s <= short_side:
+        return max(2, width - width % 2), max(2, height - height % 2)
+    scale = short_side / s
+    return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
+
+
+def sample_indices(start: int, end: int, fps: float | None, cfg: FramesConfig) -> tuple[np.ndarray, np.ndarray, float]:
+    """Frame indices of the uniform view and of the motion view for the clip [start, end), and the motion rate."""
+    n = max(1, end - start)
+    k = min(cfg.num_frames, n)
+    uniform = np.unique(np.linspace(start, end - 1, k).round().astype(np.int64))
+    src_fps = fps or cfg.motion_fps
+    step = max(1, int(round(src_fps / cfg.motion_fps)))
+    # Long clips: widen the step rather than carry an unbounded number of motion frames.
+    while n / step > cfg.max_motion_frames:
+        step += 1
+    motion = np.arange(start, end, step, dtype=np.int64)
+    if len(motion) < 2 and n >= 2:
+        motion = np.array([start, end - 1], dtype=np.int64)
+    return uniform, motion, src_fps / step
+
+
+def _to_motion(rgb: np.ndarray, width: int) -> np.ndarray:
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    h, w = gray.shape
+    if w > width:
+        nh = max(2, int(round(h * width / w / 2)) * 2)
+        gray = cv2.resize(gray, (width, nh), interpolation=cv2.INTER_AREA)
+    return gray
+
+
+def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
+    """Apply a clockwise display rotation to (N, H, W, C) frames."""
+    k = {90: 3, 180: 2, 270: 1}.get(rotation % 360, 0)  # np.rot90 turns counter-clockwise
+    return np.ascontiguousarray(np.rot90(frames, k=k, axes=(1, 2))) if k else frames
+
+
+def decode_video_views(path: str, start: int, end: int, fps: float | None, coded_wh: tuple[int, int],
+                       rotation: int, cfg: FramesConfig, deadline: float | None = None) -> FrameViews:
+    """Decode the clip [start, end) of a video once into both views (decord first, PyAV fallback)."""
+    uniform, motion, motion_fps = sample_indices(start, end, fps, cfg)
+    wanted = np.union1d(uniform, motion)
+    w, h = scaled_size(coded_wh[0], coded_wh[1], cfg.short_side)
+    try:
+        decoded, decoder = _decode_decord(path, wanted, w, h), "decord"
+    except Exception:  # noqa: BLE001 - decord fails on AV1, some containers and damaged files: fall back
+        decoded, decoder = _decode_pyav(path, wanted, w, h, fps, deadline), "pyav"
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimeoutError("decoding exceeded the per-file time limit")
+    decoded = _rotate(decoded, rotation)
+    pos = {int(i): j for j, i in enumerate(wanted)}
+    frames = decoded[[pos[int(i)] for i in uniform]]
+    motion_frames = np.stack([_to_motion(decoded[pos[int(i)]], cfg.motion_width) for i in motion])
+    return FrameViews(frames, uniform, motion_frames, motion, motion_fps, decoder)
+
+
+def _decode_decord(path: str, indices: np.ndarray, w: int, h: int) -> np.ndarray:
+    import decord
+
+    vr = decord.VideoReader(path, ctx=decord.cpu(0), width=w, height=h, num_threads=1)
+    n = len(vr)
+    if n == 0:
+        raise ValueError("decord found no frames")
+    if int(indices.max()) >= n:
+        raise IndexError(f"decord sees {n} frames, clip needs index {int(indices.max())}")
+    out = vr.get_batch(indices.tolist()).asnumpy()
+    if out.shape[0] != len(indices):
+        raise ValueError("decord returned a short batch")
+    return out
+
+
+def _decode_pyav(path: str, indices: np.ndarray, w: int, h: int, fps: float | None,
+                 deadline: float | None) -> np.ndarray:
+    """Sequential decode counting frames from the start, so indices match the split pass exactly."""
+    import av
+
+    want = set(int(i) for i in indices)
+    last = int(indices.max())
+    got: dict[int, np.ndarray] = {}
+    with av.open(path, mode="r", timeout=30.0) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        n = 0
+        try:
+            for frame in container.decode(stream):
+                if n in want:
+                    got[n] = frame.to_ndarray(width=w, height=h, format="rgb24")
+                n += 1
+                if n > last:
+                    break
+                if deadline is not None and (n & 31) == 0 and time.monotonic() > deadline:
+                    raise TimeoutError(f"decoding exceeded the per-file time limit after {n} frames")
+        except (av.error.InvalidDataError, av.error.EOFError):
+            pass
+    missing = sorted(want - set(got))
+    if missing:
+        raise ValueError(f"could not decode frames {missing[:5]} (of {len(want)} wanted); file damaged?")
+    return np.stack([got[int(i)] for i in indices])
+
+
+def decode_image_views(path: str, cfg: FramesConfig) -> FrameViews:
+    """An image is a one-frame clip: both views from a single decode, EXIF orientation applied."""
+    with Image.open(path) as im:
+        # draft() lets JPEG decode at a reduced scale directly: the decoder-side resize for images.
+        im.draft("RGB", scaled_size(im.width, im.height, cfg.short_side))
+        im = ImageOps.exif_transpose(im)
+        w, h = scaled_size(im.width, im.height, cfg.short_side)
+        rgb = np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR))
+    frames = rgb[None]
+    motion = _to_motion(rgb, cfg.motion_width)[None]
+    idx = np.zeros(1, dtype=np.int64)
+    return FrameViews(frames, idx, motion, idx.copy(), 0.0, "pillow")

@@ -1,0 +1,135 @@
+"""Manifest I/O (DESIGN.md §6): atomic Parquet parts, resume by source, and run.json.
+
+A part file appears only when complete (written under a hidden temporary name, then renamed), and a source's rows
+are only ever written together, all clips of it in one part. So every `source_uri` present in `samples/` is finished,
+and a re-run skips exactly those.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+SAMPLES = "samples"
+STAGES = "stages"
+
+
+def part_files(directory: str | Path) -> list[Path]:
+    """Completed part files of a manifest directory (temporary files are hidden and ignored)."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.glob("part-*.parquet") if p.is_file())
+
+
+def read_manifest(directory: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """All completed parts of a manifest directory as one table."""
+    files = part_files(directory)
+    if not files:
+        return pa.table({})
+    return pads.dataset([str(f) for f in files], format="parquet").to_table(columns=columns)
+
+
+def finished_sources(output: str | Path) -> set[str]:
+    """Sources whose rows are already written under `output/samples/` (a re-run skips them)."""
+    t = read_manifest(Path(output) / SAMPLES, columns=["source_uri"])
+    if t.num_rows == 0:
+        return set()
+    return set(t.column("source_uri").unique().to_pylist())
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> None:
+    """Write a zstd Parquet file under a temporary name, fsync it, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(obj: Any, path: Path) -> None:
+    """Write JSON under a temporary name, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class SampleWriter:
+    """Collects rows as they stream out of the graph and writes whole sources into atomic part files."""
+
+    def __init__(self, output: str | Path, schema: pa.Schema, rows_per_file: int) -> None:
+        self.dir = Path(output) / SAMPLES
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.schema = schema
+        self.rows_per_file = rows_per_file
+        self.run_tag = time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+        self._pending: dict[str, list[dict]] = defaultdict(list)  # source -> rows seen so far
+        self._ready: list[dict] = []  # rows of complete sources, not yet written
+        self._seq = 0
+        self.sources_written = 0
+        self.rows_written = 0
+        self.files: list[str] = []
+
+    def add_table(self, table: pa.Table) -> None:
+        """Take a batch of finished rows; flush a part whenever enough complete sources are ready."""
+        for row in table.to_pylist():
+            src = row["source_uri"]
+            rows = self._pending[src]
+            rows.append(row)
+            if len(rows) >= int(row.get("clips_in_source") or 1):
+                self._ready.extend(self._pending.pop(src))
+                self.sources_written += 1
+        if len(self._ready) >= self.rows_per_file:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the rows of complete sources as one part file."""
+        if not self._ready:
+            return
+        table = pa.Table.from_pylist(self._ready, schema=self.schema)
+        name = f"part-{self.run_tag}-{self._seq:05d}.parquet"
+        write_table_atomic(table, self.dir / name)
+        self.files.append(name)
+        self._seq += 1
+        self.rows_written += len(self._ready)
+        self._ready = []
+
+    def close(self) -> dict[str, int]:
+        """Flush what is complete; report sources whose clips never all arrived (a bug if non-zero)."""
+        self.flush()
+        incomplete = {src: len(rows) for src, rows in self._pending.items()}
+        return incomplete
+
+
+def counts(output: str | Path) -> dict[str, Any]:
+    """Counts per status and per reject reason over the whole `samples/` manifest."""
+    t = read_manifest(Path(output) / SAMPLES, columns=["source_uri", "status", "reject_reasons", "error"])
+    if t.num_rows == 0:
+        return {"rows": 0, "sources": 0, "status": {}, "reject_reasons": {}, "errors": {}}
+    df = t.to_pandas()
+    reasons: dict[str, int] = defaultdict(int)
+    for rr in df.loc[df["status"] == "rejected", "reject_reasons"]:
+        for r in rr if rr is not None else []:
+            reasons[r] += 1
+    errors: dict[str, int] = defaultdict(int)
+    for e in df.loc[df["status"] == "failed", "error"]:
+        key = str(e).split(":", 1)[0] if e else "unknown"
+        errors[key] += 1
+    return {
+        "rows": int(len(df)),
+        "sources": int(df["source_uri"].nunique()),
+        "status": {k: int(v) for k, v in df["status"].value_counts().sort_index().items()},
+        "reject_reasons": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "errors": dict(sorted(errors.items(), key=lambda kv: (-kv[1], kv[0]))),
+    }

@@ -1,0 +1,119 @@
+"""Probe a source with PyAV (videos) or Pillow (images): fps, frame count, duration, size, codec, rotation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+
+import av
+from PIL import Image
+
+from curation.config import LimitsConfig
+from curation.sources import sniff_media_type
+
+
+class ProbeError(Exception):
+    """The source cannot be used; the message says why in words a data engineer can act on."""
+
+
+@dataclass
+class ProbeInfo:
+    """What the probe learned about one source. Width and height are of the displayed (rotated) picture."""
+
+    media_type: str
+    width: int
+    height: int
+    codec: str | None
+    fps: float | None = None
+    num_frames: int | None = None  # from the container; the split pass counts the real number
+    duration_s: float | None = None
+    rotation: int = 0
+
+    def as_row(self) -> dict:
+        """The probe columns of the row schema."""
+        return asdict(self)
+
+
+def probe(path: str, header: bytes, limits: LimitsConfig) -> ProbeInfo:
+    """Probe a local file; raise ProbeError with a clear reason when it cannot be used."""
+    kind = sniff_media_type(header)
+    if len(header) == 0:
+        raise ProbeError("empty file (0 bytes)")
+    if kind == "image":
+        return _probe_image(path, limits)
+    # Unknown magic: let FFmpeg try (many containers have no fixed magic), and say so if it fails.
+    return _probe_video(path, limits, sniffed=kind)
+
+
+def _probe_image(path: str, limits: LimitsConfig) -> ProbeInfo:
+    try:
+        with Image.open(path) as im:
+            # Reading the header only: the size is known before any pixel is decoded, so a decompression bomb
+            # is refused here at no cost.
+            w, h = im.size
+            fmt = (im.format or "image").lower()
+    except Image.DecompressionBombError as exc:
+        raise ProbeError(f"image refused as a decompression bomb: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
+        raise ProbeError(f"not a readable image: {type(exc).__name__}: {exc}") from None
+    _check_size(w, h, limits)
+    return ProbeInfo(media_type="image", width=w, height=h, codec=fmt, num_frames=1)
+
+
+def _probe_video(path: str, limits: LimitsConfig, sniffed: str | None) -> ProbeInfo:
+    try:
+        container = av.open(path, mode="r", timeout=30.0)
+    except Exception as exc:  # noqa: BLE001 - PyAV raises FFmpeg errors of many types
+        what = "not a readable video" if sniffed == "video" else "not a recognised image or video"
+        raise ProbeError(f"{what}: {type(exc).__name__}: {exc}") from None
+    with container:
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            raise ProbeError(f"no video stream (streams: {', '.join(kinds)})")
+        stream = container.streams.video[0]
+        cc = stream.codec_context
+        w, h = int(cc.width or 0), int(cc.height or 0)
+        if w <= 0 or h <= 0:
+            raise ProbeError(f"video stream has no valid size ({w}x{h})")
+        _check_size(w, h, limits)
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else None
+        if not fps or fps <= 0 or fps > 1000:
+            raise ProbeError(f"video has no usable frame rate ({fps})")
+        duration = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * Fraction(stream.time_base))
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        if duration is not None and duration > limits.max_duration_s:
+            raise ProbeError(f"video too long: {duration:.0f} s > limits.max_duration_s={limits.max_duration_s:.0f}")
+        frames = int(stream.frames) if stream.frames else (round(duration * fps) if duration else None)
+        rotation = _rotation(stream)
+        if rotation in (90, 270):
+            w, h = h, w
+        return ProbeInfo(media_type="video", width=w, height=h, codec=cc.name, fps=fps, num_frames=frames,
+                         duration_s=duration, rotation=rotation)
+
+
+def _rotation(stream) -> int:
+    """Display rotation in degrees clockwise (0, 90, 180, 270) from the stream's display matrix or metadata."""
+    rot = None
+    try:
+        md = stream.metadata or {}
+        if "rotate" in md:
+            rot = -int(float(md["rotate"]))
+    except (TypeError, ValueError):
+        rot = None
+    if rot is None:
+        try:
+            for sd in getattr(stream, "side_data", {}) or {}:
+                if "DISPLAYMATRIX" in str(sd).upper():
+                    rot = int(round(float(stream.side_data[sd])))
+        except Exception:  # noqa: BLE001 - side data API differs across PyAV versions
+            rot = None
+    return (-(rot or 0)) % 360 if rot is not None else 0
+
+
+def _check_size(w: int, h: int, limits: LimitsConfig) -> None:
+    if w * h > limits.max_pixels:
+        raise ProbeError(f"absurd dimensions {w}x{h}: {w * h} pixels > limits.max_pixels={limits.max_pixels}")

@@ -1,0 +1,67 @@
+"""Start or join Ray, run the graph, print the counts: what `curation run` and `pipelines/pretrain_mix.py` share."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from curation.config import ConfigError, load_config
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(address: str | None = None) -> None:
+    """Join the cluster at `address`/$RAY_ADDRESS (as under `ray job submit`), else start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    # Workers import our packages from the installed project; the driver's code dir is shipped only when joining
+    # a remote cluster without `ray job submit --working-dir`.
+    kwargs = {"log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(address="local", include_dashboard=False, **kwargs)
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = sys.stderr.isatty()
+
+
+def format_counts(summary: dict) -> str:
+    """A short human-readable report of a run: counts per status, reason and error kind."""
+    c = summary["counts"]
+    lines = [
+        f"output: {summary['output']}",
+        f"sources: {summary['sources_listed']} listed, {summary['sources_processed']} processed, "
+        f"{summary['sources_skipped_as_finished']} already finished, {summary['non_media_files_skipped']} non-media skipped",
+        f"rows: {c['rows']}  " + "  ".join(f"{k}={v}" for k, v in c["status"].items()),
+    ]
+    if c["reject_reasons"]:
+        lines.append("reject reasons: " + ", ".join(f"{k}: {v}" for k, v in c["reject_reasons"].items()))
+    if c["errors"]:
+        lines.append("errors: " + ", ".join(f"{k}: {v}" for k, v in c["errors"].items()))
+    lines.append(f"time: {summary['timings_s']['total']:.1f} s")
+    return "\n".join(lines)
+
+
+def main_run(inputs: list[str], output: str, config: str, limit: int | None = None,
+             address: str | None = None) -> int:
+    """Validate the config, start/join Ray, run, write manifests and print the counts."""
+    from curation.graph import run_pipeline
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    init_ray(address)
+    summary = run_pipeline(inputs, output, cfg, limit=limit, config_path=str(Path(config).resolve()))
+    print(format_counts(summary))
+    print(json.dumps({"counts": summary["counts"]}, sort_keys=True))
+    return 0
