@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`. Both set up first (idempotent).
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SAMPLES := data/samples
+DEMO_OUT := out/demo
+CJK_FONT := /usr/share/fonts/truetype/wqy/wqy-microhei.ttc
+
+.PHONY: setup demo test test-fast clean
+
+setup: $(STAMP) $(CJK_FONT)
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip wheel setuptools
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test]'
+	@touch $(STAMP)
+
+$(CJK_FONT):
+	@if [ ! -f $(CJK_FONT) ]; then \
+	  (apt-get install -y -q fonts-wqy-microhei >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q fonts-wqy-microhei >/dev/null)) || \
+	  { echo "could not install fonts-wqy-microhei (needed for Chinese subtitle samples)"; exit 1; }; fi
+
+$(SAMPLES)/labels.parquet: | setup
+	$(BIN)/curation samples make $(SAMPLES) --seed 0
+
+demo: setup $(SAMPLES)/labels.parquet
+	$(BIN)/python pipelines/pretrain_mix.py --config pipelines/configs/demo.yaml --input $(SAMPLES) --output $(DEMO_OUT)
+	@echo "manifests: $(DEMO_OUT)/samples  (pd.read_parquet('$(DEMO_OUT)/samples'))"
+
+test: setup
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+clean:
+	rm -rf out data .pytest_cache

@@ -1,0 +1,52 @@
+"""Shared fixtures: the labeled sample set (generated once per session) and one demo run over it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = ROOT / "pipelines" / "configs" / "demo.yaml"
+
+
+def run_pipeline_cli(inputs, output, config=DEMO_CONFIG, extra=(), env=None, timeout=900):
+    """Run pipelines/pretrain_mix.py as a user would, in its own process with its own local Ray."""
+    cmd = [sys.executable, str(ROOT / "pipelines" / "pretrain_mix.py"), "--config", str(config),
+           "--output", str(output), *extra]
+    for i in inputs if isinstance(inputs, (list, tuple)) else [inputs]:
+        cmd += ["--input", str(i)]
+    e = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    e.update(env or {})
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e, cwd=ROOT)
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    """The labeled sample set, seed 0."""
+    from curation.samples import make_samples
+
+    d = tmp_path_factory.mktemp("samples")
+    make_samples(d, seed=0)
+    return d
+
+
+@pytest.fixture(scope="session")
+def labels(sample_dir) -> pd.DataFrame:
+    """labels.parquet of the sample set, with absolute `source_uri`."""
+    df = pd.read_parquet(sample_dir / "labels.parquet")
+    df["source_uri"] = [str((sample_dir / f).absolute()) for f in df["file"]]
+    return df
+
+
+@pytest.fixture(scope="session")
+def demo_output(sample_dir, tmp_path_factory):
+    """One run of the demo config over the sample set: (output dir, completed process)."""
+    out = tmp_path_factory.mktemp("demo_out")
+    proc = run_pipeline_cli(sample_dir, out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return out, proc

@@ -1,0 +1,106 @@
+"""Model registry: offline errors, resolve from a fake cache, package-shipped files, config → keys. No network."""
+
+from __future__ import annotations
+
+import argparse
+import urllib.request
+
+import pytest
+
+from curation import heads_cli, models
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any attempt to reach the network fails the test loudly."""
+
+    def boom(*a, **k):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(urllib.request, "urlopen", boom)
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", boom)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", boom)
+
+
+def test_every_entry_is_pinned_or_local():
+    for key, s in models.REGISTRY.items():
+        assert s.files and s.how_to_get, key
+        if s.kind in ("hf", "url_file"):
+            assert s.revision, f"{key} must pin a revision"
+        if s.kind == "url_file":
+            assert set(s.sha256) == set(s.files), f"{key} must pin sha256"
+
+
+def test_missing_models_are_listed_with_how_to_get(tmp_path, monkeypatch):
+    monkeypatch.setenv(models.ENV_VAR, str(tmp_path))
+    missing = models.check(["clip-vit-l-14", "laion-aesthetic-l14", "synthetic-head", "pp-ocrv4"])
+    assert [m.key for m in missing] == ["clip-vit-l-14", "laion-aesthetic-l14", "synthetic-head"]
+    with pytest.raises(models.ModelNotFoundError) as err:
+        models.require(["clip-vit-l-14", "laion-aesthetic-l14", "synthetic-head"])
+    msg = str(err.value)
+    assert str(tmp_path) in msg and models.ENV_VAR in msg
+    for key in ("clip-vit-l-14", "laion-aesthetic-l14", "synthetic-head"):
+        assert key in msg
+    assert "curation models pull --keys laion-aesthetic-l14" in msg
+    assert "curation heads train synthetic" in msg
+
+
+def test_resolve_from_fake_cache(tmp_path):
+    d = tmp_path / "laion-aesthetic-l14"
+    d.mkdir()
+    f = d / "sac+logos+ava1-l14-linearMSE.pth"
+    f.write_bytes(b"x" * 10)  # wrong size: reported, not resolved
+    assert "bytes, expected 3714759" in models.check(["laion-aesthetic-l14"], tmp_path)[0].reason
+    with open(f, "wb") as fh:
+        fh.truncate(3_714_759)
+    assert models.resolve("laion-aesthetic-l14", tmp_path) == f
+    bad = models.check(["laion-aesthetic-l14"], tmp_path, verify=True)  # right size, wrong bytes
+    assert bad and "sha256 mismatch" in bad[0].reason
+    clip = tmp_path / "clip-vit-l-14"
+    clip.mkdir()
+    (clip / "open_clip_model.safetensors").write_bytes(b"0")
+    assert models.require(["clip-vit-l-14"], tmp_path)["clip-vit-l-14"].name == "open_clip_model.safetensors"
+    q = tmp_path / "qwen2-vl-7b"
+    q.mkdir()
+    assert "no file matching *.safetensors" in models.check(["qwen2-vl-7b"], tmp_path)[0].reason
+
+
+def test_package_files_resolve_without_cache(tmp_path):
+    paths = models.require(["pp-ocrv4", "nudenet"], tmp_path)
+    assert (paths["pp-ocrv4"] / "models" / "ch_PP-OCRv4_det_infer.onnx").is_file()
+    assert paths["nudenet"].name == "320n.onnx" and paths["nudenet"].is_file()
+
+
+def test_pull_of_local_model_says_how_to_train(tmp_path):
+    with pytest.raises(models.ModelNotFoundError, match="curation scorer train"):
+        models.pull(["quality-scorer"], tmp_path)
+    # present models are not fetched again (the network stub would fail otherwise)
+    assert models.pull(["nudenet"], tmp_path)["nudenet"].is_file()
+
+
+def test_unknown_key():
+    with pytest.raises(KeyError, match="known"):
+        models.check(["nope"])
+
+
+def test_models_for_config_and_cli_check(tmp_path, capsys):
+    cfg = {
+        "operators": [
+            {"name": "embedding", "params": {"heads": ["aesthetic", "synthetic"]}},
+            {"name": "descriptor"},
+            {"name": "quality_scorer", "params": {"required": True}},
+            {"name": "embedding", "enabled": False, "params": {"heads": ["nsfw_head"]}},
+        ],
+        "models": ["nudenet"],
+    }
+    keys = heads_cli.models_for_config(cfg)
+    assert keys == ["nudenet", "clip-vit-l-14", "laion-aesthetic-l14", "synthetic-head", "quality-scorer"]
+    parser = argparse.ArgumentParser()
+    heads_cli.add_models_parser(parser.add_subparsers())
+    args = parser.parse_args(["models", "check", "--keys", "nudenet", "clip-vit-l-14", "--model-dir", str(tmp_path)])
+    assert args.func(args) == 1
+    out = capsys.readouterr()
+    assert "ok       nudenet" in out.out and "MISSING  clip-vit-l-14" in out.out
+    assert "curation models pull --keys clip-vit-l-14" in out.err
