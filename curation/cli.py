@@ -42,7 +42,8 @@ def _add_optional(sub: argparse._SubParsersAction, module: str) -> None:
         mod = importlib.import_module(module)
     except ImportError:
         return
-    mod.add_parser(sub)
+    if hasattr(mod, "add_parser"):
+        mod.add_parser(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -68,11 +68,16 @@ def write_json_atomic(obj: Any, path: Path) -> None:
 class SampleWriter:
     """Collects rows as they stream out of the graph and writes whole sources into atomic part files."""
 
-    def __init__(self, output: str | Path, schema: pa.Schema, rows_per_file: int) -> None:
+    def __init__(self, output: str | Path, schema: pa.Schema, rows_per_file: int,
+                 flush_interval_s: float = 120.0) -> None:
         self.dir = Path(output) / SAMPLES
         self.dir.mkdir(parents=True, exist_ok=True)
         self.schema = schema
         self.rows_per_file = rows_per_file
+        # A part is also written when finished rows have waited this long, so a crash hours into a slow run
+        # loses minutes of work, not a whole part's worth.
+        self.flush_interval_s = flush_interval_s
+        self._last_flush = time.monotonic()
         self.run_tag = time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
         self._pending: dict[str, list[dict]] = defaultdict(list)  # source -> rows seen so far
         self._ready: list[dict] = []  # rows of complete sources, not yet written
@@ -90,7 +95,9 @@ class SampleWriter:
             if len(rows) >= int(row.get("clips_in_source") or 1):
                 self._ready.extend(self._pending.pop(src))
                 self.sources_written += 1
-        if len(self._ready) >= self.rows_per_file:
+                if len(self._ready) >= self.rows_per_file:
+                    self.flush()
+        if self._ready and time.monotonic() - self._last_flush > self.flush_interval_s:
             self.flush()
 
     def flush(self) -> None:
@@ -104,6 +111,7 @@ class SampleWriter:
         self._seq += 1
         self.rows_written += len(self._ready)
         self._ready = []
+        self._last_flush = time.monotonic()
 
     def close(self) -> dict[str, int]:
         """Flush what is complete; report sources whose clips never all arrived (a bug if non-zero)."""

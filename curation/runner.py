@@ -60,6 +60,10 @@ def main_run(inputs: list[str], output: str, config: str, limit: int | None = No
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    missing = [i for i in inputs if "://" not in i and not Path(i).exists()]
+    if missing:
+        print(f"input not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
     init_ray(address)
     summary = run_pipeline(inputs, output, cfg, limit=limit, config_path=str(Path(config).resolve()))
     print(format_counts(summary))

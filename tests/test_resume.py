@@ -12,6 +12,7 @@ import time
 
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import DEMO_CONFIG, ROOT, run_pipeline_cli
 from curation.manifest import finished_sources, part_files
@@ -22,7 +23,11 @@ pytestmark = pytest.mark.slow
 def test_resume_after_sigkill(sample_dir, labels, tmp_path):
     cfg = tmp_path / "cfg.yaml"
     # One row per part file, so complete sources land on disk as they finish and the kill falls between them.
-    cfg.write_text(DEMO_CONFIG.read_text().replace("rows_per_file: 2000", "rows_per_file: 1"))
+    # Batches of one row everywhere, so rows stream out of the graph while it runs.
+    data = yaml.safe_load(DEMO_CONFIG.read_text())
+    data["rows_per_file"] = 1
+    data["operators"] = [{**(o if isinstance(o, dict) else {"name": o}), "batch_size": 1} for o in data["operators"]]
+    cfg.write_text(yaml.safe_dump(data))
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "pipelines" / "pretrain_mix.py"), "--config", str(cfg), "--input",
            str(sample_dir), "--output", str(out)]
