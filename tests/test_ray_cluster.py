@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 
 from conftest import ROOT
@@ -27,6 +30,12 @@ def free_port() -> int:
 
 def cluster_env(tmp: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    # Token authentication on the job API and GCS, as ray_cluster.yaml sets it up: a fresh token per cluster.
+    token = tmp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    env["RAY_AUTH_MODE"] = "token"
+    env["RAY_AUTH_TOKEN_PATH"] = str(token)
     # Job entrypoints run `python` from the PATH of the process that started Ray: put the project venv first.
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["RAY_TMPDIR"] = str(tmp)
@@ -37,8 +46,9 @@ class RayCluster:
     """A head node on 127.0.0.1 with its own temp dir, stopped on exit."""
 
     def __init__(self, tmp: Path, num_cpus: int = 2):
-        self.tmp = tmp
-        self.env = cluster_env(tmp)
+        # Ray's Unix socket paths live under the temp dir and must stay under ~107 bytes: keep it short.
+        self.tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+        self.env = cluster_env(self.tmp)
         self.port = free_port()
         self.dash = free_port()
         self.num_cpus = num_cpus
@@ -64,14 +74,36 @@ class RayCluster:
         raise RuntimeError("Ray dashboard / job API did not come up")
 
     def __exit__(self, *exc):
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=self.env, capture_output=True, timeout=120)
+        # `ray stop` would stop every Ray on the machine; stop only this cluster's processes (they all carry
+        # its temp dir on their command line).
+        stop_processes_matching(str(self.tmp))
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def stop_processes_matching(needle: str) -> None:
+    """SIGKILL every process whose command line mentions `needle`, and wait for them to go."""
+    procs = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if p.pid != os.getpid() and any(needle in part for part in (p.info["cmdline"] or [])):
+                p.kill()
+                procs.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    psutil.wait_procs(procs, timeout=30)
 
 
 def submit(cluster: RayCluster, entry_args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
     """`ray job submit --working-dir <repo> -- python pipelines/pretrain_mix.py ...` and wait for it."""
     cmd = [str(BIN / "ray"), "job", "submit", "--address", cluster.api, "--working-dir", str(ROOT),
            "--", "python", "pipelines/pretrain_mix.py", *entry_args]
-    return subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=timeout)
+    deadline = time.time() + 300
+    while True:
+        proc = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=timeout)
+        # Right after `ray start` the job agent may not be up yet: the job was not created, so retrying is safe.
+        if "No available agent" not in proc.stderr or time.time() > deadline:
+            return proc
+        time.sleep(3)
 
 
 @pytest.mark.skipif(shutil.which("ray", path=str(BIN)) is None, reason="ray CLI not installed in this environment")
@@ -87,4 +119,5 @@ def test_ray_job_submit_on_real_cluster(sample_dir, labels, tmp_path):
     assert set(df["source_uri"]) == set(labels["source_uri"])
     assert df["sample_id"].is_unique
     failed = set(labels.loc[labels["expected_status"] == "failed", "source_uri"])
-    assert set(df.loc[df["status"] == "failed", "source_uri"]) == failed
+    got_failed = df[df["status"] == "failed"]
+    assert set(got_failed["source_uri"]) == failed, got_failed[["source_uri", "error"]].to_string()

@@ -36,3 +36,24 @@ def test_listing_file_uri_and_limit(tmp_path):
         (tmp_path / f"v{i}.mp4").write_bytes(b"x")
     listing = list_sources([f"file://{tmp_path}"], EXTS, limit=3)
     assert len(listing.uris) == 3
+
+
+def test_remote_uri_listing_and_local_copy(tmp_path):
+    """Non-local URIs go through fsspec: listed recursively and copied to a temp file for the decoders."""
+    import fsspec
+
+    from curation.sources import open_local, read_header
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/bucket/raw/a/clip.mp4", b"\x00\x00\x00\x20ftypisom" + b"\x00" * 100)
+    fs.pipe("/bucket/raw/b/photo", b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
+    fs.pipe("/bucket/raw/readme.md", b"# notes")
+    listing = list_sources(["memory://bucket/raw"], EXTS)
+    uri = fs.unstrip_protocol  # fsspec's canonical URI for a path (memory:///... for this filesystem)
+    assert listing.uris == [uri("/bucket/raw/a/clip.mp4"), uri("/bucket/raw/b/photo")]
+    assert list(listing.skipped) == [uri("/bucket/raw/readme.md")]
+    assert read_header(listing.uris[1], 4) == b"\x89PNG"
+    with open_local(listing.uris[0]) as path:
+        assert os.path.exists(path) and path.endswith(".mp4")
+        assert open(path, "rb").read(12)[4:8] == b"ftyp"
+    assert not os.path.exists(path), "the temporary copy is removed afterwards"
