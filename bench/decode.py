@@ -57,7 +57,7 @@ def pyav_all(path: str, size: tuple[int, int] | None) -> int:
     n = 0
     with av.open(path) as c:
         st = c.streams.video[0]
-        st.thread_type = "AUTO"
+        st.thread_count = 1  # same single decoder thread as decord, so the columns compare decoders, not threads
         for frame in c.decode(st):
             if size:
                 frame.to_ndarray(width=size[0], height=size[1], format="rgb24")
