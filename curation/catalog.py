@@ -16,6 +16,8 @@ _CATALOG: dict[str, str] = {
     "nsfw": "operators.nsfw:NudeNetNsfw",
     "descriptor": "operators.embedding:ClassicalDescriptor",
     "embedding": "operators.embedding:ClipEmbedding",
+    "phash": "operators.embedding:PerceptualHash",
+    "clip_heads": "operators.heads:ClipHeads",
     "quality_scorer": "operators.scorer:QualityScorer",
 }
 

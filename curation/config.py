@@ -47,6 +47,21 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class ClusteringConfig:
+    """k-means over `embedding` after `samples/` is written, and near-duplicates within each cluster."""
+
+    enabled: bool = False
+    k: int = 100
+    sample_size: int = 200_000
+    seed: int = 0
+    refit: bool = False
+    cos_threshold: float = 0.95
+    hamming_threshold: int = 8
+    use_phash: bool = True
+    reject_duplicates: bool = True
+
+
+@dataclass(frozen=True)
 class OperatorSpec:
     """One operator named in the config, with its parameters and resources."""
 
@@ -83,7 +98,7 @@ class PipelineConfig:
     rows_per_file: int = 2000
     image_extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
     video_extensions: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".ts", ".flv", ".mpg", ".mpeg")
-    clustering: dict[str, Any] = field(default_factory=dict)
+    clustering: ClusteringConfig = ClusteringConfig()
     raw: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -252,14 +267,22 @@ def parse_config(data: dict[str, Any]) -> PipelineConfig:
                                  "image_extensions"),
         video_extensions=_coerce(data.get("video_extensions", list(base.video_extensions)), base.video_extensions,
                                  "video_extensions"),
-        clustering=_coerce(data.get("clustering", {}), {}, "clustering"),
+        clustering=_build_section(ClusteringConfig, data.get("clustering"), "clustering"),
         raw=data,
     )
     # Instantiating each operator validates its parameters now, at start-up, not on a worker hours later.
     from curation.catalog import build_operator
+    from curation.schema import base_schema
 
+    produced = {f.name for f in base_schema()}
     for spec in cfg.operators:
-        build_operator(spec)
+        produced |= set(build_operator(spec).produces)
+    for rule in cfg.decide:
+        if rule.column not in produced:
+            raise ConfigError(f"decide.{rule.column}: no column of that name in the schema or produced by the "
+                              f"configured operators")
+    if cfg.clustering.enabled and not any(s.name in ("embedding", "descriptor") for s in cfg.operators):
+        raise ConfigError("clustering.enabled: needs an `embedding` or `descriptor` operator to fill `embedding`")
     return cfg
 
 

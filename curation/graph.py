@@ -106,7 +106,7 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     for f in schema:
         if f.name in table.column_names:
             col = table.column(f.name)
-            if col.type != f.type:
+            if col.type != f.type or pa.types.is_floating(f.type):
                 col = _cast_column(col, f.type)
             cols.append(col)
         else:
@@ -117,6 +117,8 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 def _cast_column(col: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
     # Ray's numpy batches carry nullable integers as floats with NaN, and an all-null column of any type as
     # floats: NaN means null on the way back to Arrow.
+    if pa.types.is_floating(col.type) and pa.types.is_floating(target):
+        return pc.if_else(pc.is_nan(col), pa.scalar(None, col.type), col).cast(target)
     if pa.types.is_floating(col.type) and not pa.types.is_floating(target):
         col = pc.if_else(pc.is_nan(col), pa.scalar(None, col.type), col)
         if col.null_count == len(col):
@@ -170,6 +172,8 @@ def run_pipeline(inputs: list[str], output: str | Path, cfg: PipelineConfig, lim
     t_graph = time.time()
     if incomplete:
         raise RuntimeError(f"internal error: sources with missing clips after the graph finished: {incomplete}")
+    clustering = _cluster(output, cfg)
+    t_cluster = time.time()
 
     summary: dict[str, Any] = {
         "name": cfg.name,
@@ -189,8 +193,10 @@ def run_pipeline(inputs: list[str], output: str | Path, cfg: PipelineConfig, lim
         "rows_written_this_run": writer.rows_written,
         "files_written_this_run": writer.files,
         "counts": counts(output),
+        "clustering": clustering,
+        "operator_notes": {spec.name: op.note for spec, op in graph.operators if getattr(op, "note", None)},
         "timings_s": {"listing": round(t_list - t0, 3), "graph": round(t_graph - t_list, 3),
-                      "total": round(time.time() - t0, 3)},
+                      "clustering": round(t_cluster - t_graph, 3), "total": round(time.time() - t0, 3)},
         "ray_data_stats": stats,
     }
     write_json_atomic(summary, output / "run.json")
@@ -201,6 +207,20 @@ def _check_models(keys: list[str]) -> dict[str, Any]:
     """Resolve every model the run needs before touching data (DESIGN.md §7); fail at once listing what is missing."""
     if not keys:
         return {}
-    from curation.models import require
+    from curation.models import describe, require
 
-    return require(keys)
+    require(keys)
+    return describe(keys)
+
+
+def _cluster(output: Path, cfg: PipelineConfig) -> dict[str, Any]:
+    """Fit k-means on the written embeddings, assign every row and mark near-duplicates (a second Ray pass)."""
+    c = cfg.clustering
+    if not c.enabled:
+        return {"enabled": False}
+    from curation.clustering import cluster_manifest
+    from curation.dedup import DedupConfig
+
+    dedup = DedupConfig(cos_threshold=c.cos_threshold, hamming_threshold=c.hamming_threshold, use_phash=c.use_phash)
+    return cluster_manifest(output, k=c.k, sample_size=c.sample_size, seed=c.seed, refit=c.refit, dedup=dedup,
+                            reject_duplicates=c.reject_duplicates)

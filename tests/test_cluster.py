@@ -40,9 +40,9 @@ def test_k_larger_than_rows_is_reduced():
 
 
 def test_balanced_sample_spreads_over_clusters():
-    df = pd.DataFrame({"cluster_id": [0] * 50 + [1] * 5 + [2] * 20 + [None] * 5, "v": range(80)})
+    df = pd.DataFrame({"cluster_id": [10] * 50 + [11] * 5 + [42] * 20 + [None] * 5, "v": range(80)})
     s = balanced_sample(df, 21, seed=1)
-    assert s["cluster_id"].value_counts().to_dict() == {0.0: 8, 1.0: 5, 2.0: 8}
+    assert s["cluster_id"].value_counts().to_dict() == {10.0: 8, 11.0: 5, 42.0: 8}
     assert len(balanced_sample(df, 1000)) == 75  # nulls are never drawn
     pd.testing.assert_frame_equal(balanced_sample(df, 21, seed=1), s)
 
@@ -100,7 +100,8 @@ def _write_manifest(out, x, dup_of: dict[int, int]):
 def test_cluster_manifest_fills_columns_and_is_idempotent(ray_local, tmp_path):
     x = _blobs(120, 4, 16, seed=5)
     ids = _write_manifest(tmp_path, x, dup_of={50: 10, 90: 70})
-    summary = cluster_manifest(tmp_path, k=4, sample_size=1000, seed=0, dedup=DedupConfig(cos_threshold=0.99))
+    per_cluster = DedupConfig(cos_threshold=0.99, max_group=50)  # 120 rows > 50: compare within clusters
+    summary = cluster_manifest(tmp_path, k=4, sample_size=1000, seed=0, dedup=per_cluster)
     assert summary["k"] == 4 and summary["rows"] == 120 and summary["duplicates"] == 2
     df = pd.read_parquet(tmp_path / "samples").set_index("sample_id")
     centroids = load_centroids(tmp_path)
@@ -112,19 +113,41 @@ def test_cluster_manifest_fills_columns_and_is_idempotent(ray_local, tmp_path):
     for dup, orig in ((50, 10), (90, 70)):
         pair = sorted([ids[dup], ids[orig]])
         assert df.loc[pair[1], "duplicate_of"] == pair[0]
-        assert df.loc[pair[1], "status"] == "rejected" and list(df.loc[pair[1], "reject_reasons"]) == ["duplicate"]
+        assert df.loc[pair[1], "status"] == "rejected" and list(df.loc[pair[1], "reject_reasons"]) == ["duplicate_of"]
         assert pd.isna(df.loc[pair[0], "duplicate_of"]) and df.loc[pair[0], "status"] == "kept"
     assert df["duplicate_of"].notna().sum() == 2
     assert list(df.loc[ids[4], "reject_reasons"]) == ["aesthetic_score<4.5"]
 
     before = {p.name: pq.read_table(p) for p in (tmp_path / "samples").glob("part-*.parquet")}
-    again = cluster_manifest(tmp_path, k=4, sample_size=1000, seed=0, dedup=DedupConfig(cos_threshold=0.99))
+    again = cluster_manifest(tmp_path, k=4, sample_size=1000, seed=0, dedup=per_cluster)
     assert again["reused"] and again["duplicates"] == 2
     for p in (tmp_path / "samples").glob("part-*.parquet"):
         assert pq.read_table(p).equals(before[p.name]), p.name
     assert not list((tmp_path / "samples").glob(".*"))  # no temp files left behind
 
-    # without dedup the earlier duplicate verdicts are withdrawn
-    cluster_manifest(tmp_path, k=4, dedup=None)
-    df = pd.read_parquet(tmp_path / "samples")
-    assert df["duplicate_of"].isna().all() and (df["status"] == "rejected").sum() == 1
+    # a manifest that fits one comparison group is compared whole: same verdicts
+    assert cluster_manifest(tmp_path, k=4, dedup=DedupConfig(cos_threshold=0.99))["duplicates"] == 2
+
+
+def test_rewrite_withdraws_earlier_duplicate_verdicts(tmp_path):
+    from curation.clustering import _rewrite_part
+
+    schema = manifest_schema()
+    rows = []
+    for i, (status, reasons) in enumerate([("rejected", ["duplicate_of"]), ("rejected", ["duplicate_of", "x<1"]),
+                                           ("kept", []), ("failed", [])]):
+        r = {f.name: None for f in schema}
+        r.update(sample_id=f"s{i}", source_uri=f"/v/{i}", status=status, reject_reasons=reasons,
+                 duplicate_of="s9" if "duplicate_of" in reasons else None)
+        rows.append(r)
+    path = tmp_path / "part-00000.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    batch = pd.DataFrame({"path": str(path), "sample_id": ["s0", "s1", "s2", "s3"], "cluster_id": [0, 0, 1, -1],
+                          "duplicate_of": [None, None, "s0", None]})
+    _rewrite_part(batch, reject_duplicates=True)
+    df = pd.read_parquet(path).set_index("sample_id")
+    assert df.loc["s0", "status"] == "kept" and list(df.loc["s0", "reject_reasons"]) == []
+    assert df.loc["s1", "status"] == "rejected" and list(df.loc["s1", "reject_reasons"]) == ["x<1"]
+    assert df.loc["s2", "status"] == "rejected" and list(df.loc["s2", "reject_reasons"]) == ["duplicate_of"]
+    assert df.loc["s3", "status"] == "failed" and pd.isna(df.loc["s3", "cluster_id"])
+    assert df["cluster_id"].tolist()[:3] == [0, 0, 1]

@@ -153,3 +153,24 @@ def test_heads_train_cli(tmp_path, capsys):
     assert 0.0 <= report["heldout_average_precision"] <= 1.0 and report["n_heldout"] == 4
     head = load_linear_head(out)
     assert head.weight.shape == (768,) and head.meta["head"] == "synthetic"
+
+
+def test_chunked_pipelined_embedding_matches_one_pass():
+    from operators.embedding import ClipBackbone
+
+    bb = ClipBackbone(arch="tiny-test", device="cpu")
+    bb.load()
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 255, size=(k, h, w, 3), dtype=np.uint8)
+              for k, (h, w) in [(8, (320, 568)), (3, (568, 320)), (1, (300, 400)), (8, (320, 568))]]
+    with torch.no_grad():
+        ref = [bb.visual(bb.preprocess(f)).numpy() for f in frames]
+    for batch_images, pad in ((5, False), (5, True), (8, False), (256, True)):
+        bb.batch_images, bb.small_batch, bb.pad_batches = batch_images, max(1, batch_images // 4), pad
+        chunks = bb._chunks([len(f) for f in frames])
+        assert sum(b - a for c in chunks for _, a, b in c) == 20
+        if pad:  # a compiled tower only ever sees two batch shapes
+            assert all(sum(b - a for _, a, b in c) <= batch_images for c in chunks)
+        out = bb.embed(frames)
+        for got, want in zip(out, ref):
+            np.testing.assert_allclose(got, want, atol=1e-5)

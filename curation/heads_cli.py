@@ -1,0 +1,396 @@
+"""Command-line pieces behind `curation heads train`, `curation scorer sample|train|proxy-labels` and
+`curation models pull|check`, as argparse `add_*_parser(subparsers)` / `run_*(args)` pairs for `curation/cli.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger("curation.heads_cli")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+HEAD_FILES = {"synthetic": "synthetic-head", "watermark_head": "watermark-head", "nsfw_head": "nsfw-head"}
+
+
+# -- curation heads train ----------------------------------------------------------------------------------------
+
+
+def add_heads_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`curation heads train {synthetic,watermark_head,nsfw_head} --real DIR --fake DIR`."""
+    p = subparsers.add_parser("heads", help="train linear heads on CLIP embeddings")
+    sub = p.add_subparsers(dest="heads_cmd", required=True)
+    t = sub.add_parser("train", help="train a linear probe (UnivFD-style) and report held-out average precision")
+    t.add_argument("head", choices=sorted(HEAD_FILES))
+    t.add_argument("--real", required=True, type=Path, help="folder of negative images (real / clean / safe)")
+    t.add_argument("--fake", required=True, type=Path,
+                   help="folder of positive images (synthetic / watermarked / nsfw)")
+    t.add_argument("--out", type=Path, default=None, help="output .safetensors (default: the registry path)")
+    t.add_argument("--model-dir", default=None, help="model cache (default $CURATION_MODEL_DIR)")
+    t.add_argument("--arch", default="ViT-L-14")
+    t.add_argument("--weights", default="clip-vit-l-14", help="registry key or file; 'none' = random (tests only)")
+    t.add_argument("--allow-random-weights", action="store_true", help=argparse.SUPPRESS)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--batch-images", type=int, default=64)
+    t.add_argument("--test-size", type=float, default=0.25)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=run_heads)
+    return p
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under `folder`, sorted (recursive)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def embed_images(paths: list[Path], arch: str, weights: str | None, device: str = "auto", batch_images: int = 64,
+                 model_dir: str | None = None) -> np.ndarray:
+    """Raw (unnormalised) CLIP image embeddings (N, 768) of image files, through the operator's backbone path."""
+    from PIL import Image
+
+    from curation import models
+    from operators.embedding import ClipBackbone
+
+    weights_path = weights
+    if weights and "/" not in weights:
+        weights_path = str(models.require([weights], model_dir)[weights])
+    bb = ClipBackbone(arch=arch, weights_path=weights_path, device=device, batch_images=batch_images)
+    bb.load()
+    out = []
+    for s in range(0, len(paths), batch_images):
+        frames = []
+        for p in paths[s:s + batch_images]:
+            with Image.open(p) as im:
+                frames.append(np.asarray(im.convert("RGB"))[None])
+        out.extend(e[0] for e in bb.embed(frames))
+    return np.stack(out).astype(np.float32)
+
+
+def train_probe(x: np.ndarray, y: np.ndarray, test_size: float = 0.25, seed: int = 0):
+    """Logistic-regression probe on unnormalised embeddings; held-out average precision, then refit on all."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import average_precision_score
+    from sklearn.model_selection import train_test_split
+
+    from operators.heads import LinearHead
+
+    tr, te = train_test_split(np.arange(len(y)), test_size=test_size, random_state=seed, stratify=y)
+    clf = LogisticRegression(C=1.0, max_iter=5000).fit(x[tr], y[tr])
+    ap = float(average_precision_score(y[te], clf.predict_proba(x[te])[:, 1]))
+    prevalence = float(np.mean(y[te]))  # the AP of a random scorer
+    final = LogisticRegression(C=1.0, max_iter=5000).fit(x, y)
+    head = LinearHead(weight=final.coef_[0].astype(np.float32), bias=float(final.intercept_[0]), normalize=False)
+    metrics = {"heldout_average_precision": ap, "heldout_positive_rate": prevalence, "n_train": int(len(tr)),
+               "n_heldout": int(len(te)), "refit_on": "all images"}
+    return head, metrics
+
+
+def run_heads(args: argparse.Namespace) -> int:
+    """Embed the two folders, train the probe, report held-out AP, save safetensors."""
+    from curation import models
+    from operators.heads import save_linear_head
+
+    real, fake = list_images(args.real), list_images(args.fake)
+    if len(real) < 4 or len(fake) < 4:
+        print(f"need ≥ 4 images in each folder, got {len(real)} real / {len(fake)} fake", file=sys.stderr)
+        return 2
+    weights = None if str(args.weights).lower() == "none" else args.weights
+    if weights is None and not args.allow_random_weights:
+        print("--weights none trains on random features; refusing (tests use --allow-random-weights)",
+              file=sys.stderr)
+        return 2
+    x = embed_images(real + fake, args.arch, weights, args.device, args.batch_images, args.model_dir)
+    y = np.array([0] * len(real) + [1] * len(fake))
+    head, metrics = train_probe(x, y, args.test_size, args.seed)
+    key = HEAD_FILES[args.head]
+    out = args.out or models.model_dir(args.model_dir) / key / models.spec(key).files[0]
+    head.meta = {"head": args.head, "backbone": f"{args.arch}:{weights}", "input": "unnormalised image embedding",
+                 "n_negative": len(real), "n_positive": len(fake), **metrics}
+    save_linear_head(out, head)
+    print(json.dumps({"saved": str(out), **metrics}, indent=1))
+    return 0
+
+
+# -- curation scorer sample / train / proxy-labels ---------------------------------------------------------------
+
+
+def add_scorer_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`curation scorer sample|train|proxy-labels`."""
+    p = subparsers.add_parser("scorer", help="expert quality scorer: annotation set, training")
+    sub = p.add_subparsers(dest="scorer_cmd", required=True)
+    s = sub.add_parser("sample", help="draw a cluster-balanced annotation set with thumbnails")
+    s.add_argument("--manifest", required=True, type=Path, help="a run's output folder (holding samples/)")
+    s.add_argument("--n", required=True, type=int)
+    s.add_argument("--out", type=Path, default=None, help="default: <manifest>/annotation/annotations.parquet")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--include-rejected", action="store_true", help="also sample rejected rows (default: kept only)")
+    s.set_defaults(func=run_scorer)
+    t = sub.add_parser("train", help="fit the scorer on labelled annotations")
+    t.add_argument("--annotations", required=True, type=Path)
+    t.add_argument("--manifest", type=Path, default=None, help="default: the annotation file's `manifest` column")
+    t.add_argument("--out", type=Path, default=None, help="default: the registry path in the model dir")
+    t.add_argument("--model-dir", default=None)
+    t.add_argument("--pca-dim", type=int, default=64)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=run_scorer)
+    x = sub.add_parser("proxy-labels", help="DEMO ONLY: derive 1-5 labels from the sample generator's labels.parquet")
+    x.add_argument("--manifest", required=True, type=Path)
+    x.add_argument("--labels", required=True, type=Path, help="labels.parquet written by `curation samples make`")
+    x.add_argument("--out", type=Path, default=None)
+    x.set_defaults(func=run_scorer)
+    return p
+
+
+def run_scorer(args: argparse.Namespace) -> int:
+    """Dispatch `curation scorer ...`."""
+    if args.scorer_cmd == "sample":
+        out = sample_annotations(args.manifest, args.n, args.out, args.seed, args.include_rejected)
+        print(f"wrote {out}: fill the `score` column with 1-5, then `curation scorer train --annotations {out}`")
+        return 0
+    if args.scorer_cmd == "train":
+        path, metrics = train_scorer(args.annotations, args.manifest, args.out, args.model_dir, args.pca_dim,
+                                     args.seed)
+        print(json.dumps({"saved": str(path), **metrics}, indent=1, default=str))
+        return 0
+    if args.scorer_cmd == "proxy-labels":
+        out = proxy_annotations(args.manifest, args.labels, args.out)
+        print(f"wrote {out} (proxy labels from the generator's ground truth, not human judgement)")
+        return 0
+    raise ValueError(args.scorer_cmd)
+
+
+def _read_samples(manifest: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    parts = sorted((Path(manifest) / "samples").glob("part-*.parquet"))
+    if not parts:
+        raise FileNotFoundError(f"no {manifest}/samples/part-*.parquet")
+    names = set(pq.read_schema(parts[0]).names)
+    cols = None if columns is None else [c for c in columns if c in names]
+    return pd.concat([pd.read_parquet(p, columns=cols) for p in parts], ignore_index=True)
+
+
+def sample_annotations(manifest: Path, n: int, out: Path | None = None, seed: int = 0,
+                       include_rejected: bool = False) -> Path:
+    """Write a cluster-balanced annotation Parquet (`sample_id`, thumbnail path, empty `score`) plus thumbnails."""
+    from curation.clustering import balanced_sample
+
+    df = _read_samples(manifest, ["sample_id", "source_uri", "media_type", "start_frame", "end_frame", "fps",
+                                  "cluster_id", "status", "embedding"])
+    ok = df["status"].isin(["kept", "rejected"] if include_rejected else ["kept"]) & df["embedding"].notna()
+    df = df[ok]
+    if "cluster_id" in df and df["cluster_id"].notna().any():
+        picked = balanced_sample(df, n, by="cluster_id", seed=seed)
+    else:
+        log.warning("no cluster_id in %s: sampling uniformly", manifest)
+        picked = df.sample(n=min(n, len(df)), random_state=seed)
+    out = Path(out or Path(manifest) / "annotation" / "annotations.parquet")
+    thumbs = out.parent / "thumbs"
+    thumbs.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for r in picked.itertuples(index=False):
+        dest = thumbs / f"{r.sample_id}.jpg"
+        paths.append(str(dest) if dest.exists() or write_thumbnail(r._asdict(), dest) else None)
+    ann = pd.DataFrame({
+        "sample_id": picked["sample_id"].to_numpy(),
+        "source_uri": picked["source_uri"].to_numpy(),
+        "start_frame": picked["start_frame"].to_numpy() if "start_frame" in picked else None,
+        "end_frame": picked["end_frame"].to_numpy() if "end_frame" in picked else None,
+        "cluster_id": picked["cluster_id"].to_numpy() if "cluster_id" in picked else None,
+        "thumbnail": paths,
+        "score": pd.array([None] * len(picked), dtype="Int64"),  # people fill 1-5
+        "manifest": str(Path(manifest).resolve()),
+    })
+    tmp = out.with_name(f".{out.name}.tmp")
+    ann.to_parquet(tmp, index=False)
+    os.replace(tmp, out)
+    return out
+
+
+def write_thumbnail(row: dict[str, Any], dest: Path, short_side: int = 256) -> bool:
+    """Save the middle frame of a clip (or the image) as a JPEG; False when it cannot be decoded."""
+    from PIL import Image
+
+    try:
+        uri = str(row["source_uri"])
+        if row.get("media_type") == "image":
+            img = Image.open(uri).convert("RGB")
+        else:
+            img = _middle_frame(uri, row.get("start_frame"), row.get("end_frame"), row.get("fps"))
+        scale = short_side / min(img.size)
+        if scale < 1:
+            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BICUBIC)
+        img.save(dest, quality=90)
+        return True
+    except Exception as exc:  # noqa: BLE001 - a missing thumbnail must not stop the annotation set
+        log.warning("thumbnail for %s failed: %s", row.get("sample_id"), exc)
+        return False
+
+
+def _middle_frame(uri: str, start: Any, end: Any, fps: Any):
+    import av
+
+    with av.open(uri) as container:
+        stream = container.streams.video[0]
+        rate = float(fps or stream.average_rate or 25)
+        s = int(start or 0)
+        e = int(end) if end is not None and not pd.isna(end) else s + 1
+        target = (s + e) // 2
+        ts = int(target / rate / stream.time_base) if stream.time_base else 0
+        container.seek(max(ts, 0), stream=stream, backward=True)
+        last = None
+        for frame in container.decode(stream):
+            last = frame
+            if frame.pts is not None and frame.time is not None and frame.time * rate >= target - 0.5:
+                break
+        if last is None:
+            raise ValueError("no frame decoded")
+        return last.to_image()
+
+
+def train_scorer(annotations: Path, manifest: Path | None = None, out: Path | None = None,
+                 model_dir: str | None = None, pca_dim: int = 64, seed: int = 0) -> tuple[Path, dict[str, Any]]:
+    """Join labels with the manifest's features, fit, report held-out metrics vs baselines, save."""
+    from curation import models
+    from operators.scorer import SCALAR_FEATURES, fit_scorer, save_scorer
+
+    ann = pd.read_parquet(annotations)
+    ann = ann[ann["score"].notna()]
+    if manifest is None:
+        if "manifest" not in ann or ann["manifest"].isna().all():
+            raise ValueError("annotations carry no `manifest` column: pass --manifest")
+        manifest = Path(ann["manifest"].dropna().iloc[0])
+    feats = _read_samples(manifest, ["sample_id", "embedding", *SCALAR_FEATURES])
+    df = ann[["sample_id", "score"]].merge(feats, on="sample_id", how="inner")
+    df = df[df["embedding"].notna()]
+    rows = df.drop(columns=["score"]).to_dict("records")
+    model, metrics = fit_scorer(rows, df["score"].astype(int).to_numpy(), pca_dim=pca_dim, seed=seed)
+    model.meta["annotations"] = str(Path(annotations).resolve())
+    path = Path(out or models.model_dir(model_dir) / "quality-scorer" / "quality_scorer.safetensors")
+    save_scorer(path, model)
+    return path, metrics
+
+
+# Proxy 1-5 labels from the sample generator's ground truth, so the offline demo has a scorer to run. They encode
+# the generator's intent (good motion, no overlays → high), not a person's judgement; never report them as such.
+_TIER_SCORE = {"optimal": 5, "medium": 4, "camera_driven": 3, "static": 3, "shaky": 2, "low_quality": 1}
+
+
+def proxy_annotations(manifest: Path, labels: Path, out: Path | None = None) -> Path:
+    """DEMO ONLY: annotations whose `score` is derived from `labels.parquet` (see `_TIER_SCORE`)."""
+    lab = pd.read_parquet(labels)
+    df = _read_samples(manifest, ["sample_id", "source_uri", "status", "embedding"])
+    df = df[df["embedding"].notna() & (df["status"] != "failed")]
+    by_name = {str(f): r for f, r in zip(lab["file"], lab.to_dict("records"))}
+    scores = []
+    for uri in df["source_uri"]:
+        rec = next((r for f, r in by_name.items() if str(uri).endswith(f)), None)
+        if rec is None or rec.get("media_type") is None:
+            scores.append(None)
+            continue
+        s = _TIER_SCORE.get(rec.get("expected_motion_tier"), 4)
+        if rec.get("expected_status") == "rejected":
+            s = min(s, 2)
+        if rec.get("has_watermark") or rec.get("subtitle_text"):
+            s -= 1
+        scores.append(int(min(max(s, 1), 5)))
+    ann = pd.DataFrame({"sample_id": df["sample_id"].to_numpy(), "source_uri": df["source_uri"].to_numpy(),
+                        "score": pd.array(scores, dtype="Int64"), "manifest": str(Path(manifest).resolve()),
+                        "label_source": "proxy:labels.parquet"})
+    out = Path(out or Path(manifest) / "annotation" / "proxy_annotations.parquet")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ann.to_parquet(out, index=False)
+    return out
+
+
+# -- curation models pull / check --------------------------------------------------------------------------------
+
+
+def add_models_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`curation models pull|check --config YAML | --keys K ...`."""
+    p = subparsers.add_parser("models", help="model registry: fetch ahead of time, check the cache")
+    sub = p.add_subparsers(dest="models_cmd", required=True)
+    for name, help_ in (("pull", "download what a config needs (needs internet)"),
+                        ("check", "list what a config needs and whether the cache has it"),
+                        ("list", "print the registry")):
+        s = sub.add_parser(name, help=help_)
+        if name != "list":
+            g = s.add_mutually_exclusive_group(required=True)
+            g.add_argument("--config", type=Path)
+            g.add_argument("--keys", nargs="+")
+            s.add_argument("--model-dir", default=None)
+        if name == "check":
+            s.add_argument("--verify", action="store_true", help="also hash files with a pinned sha256")
+        s.set_defaults(func=run_models)
+    return p
+
+
+def run_models(args: argparse.Namespace) -> int:
+    """Dispatch `curation models ...`; non-zero exit when something is missing."""
+    from curation import models
+
+    if args.models_cmd == "list":
+        for key, s in sorted(models.REGISTRY.items()):
+            print(f"{key:22s} {s.kind:12s} {s.source or '(trained locally)'}"
+                  f"{'@' + s.revision if s.revision else ''}")
+        return 0
+    keys = args.keys or models_for_config(_load_yaml(args.config))
+    if args.models_cmd == "pull":
+        got = models.pull(keys, args.model_dir)
+        for k, p in got.items():
+            print(f"{k}: {p}")
+        return 0
+    missing = models.check(keys, args.model_dir, verify=args.verify)
+    for k in keys:
+        print(f"{'MISSING' if any(m.key == k for m in missing) else 'ok':8s} {k}")
+    if missing:
+        print(str(models.ModelNotFoundError(missing, models.model_dir(args.model_dir))), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def models_for_config(cfg: dict[str, Any]) -> list[str]:
+    """Registry keys a pipeline config needs: each operator's `models`, as built from its params (the same
+    operators and validation as a run, through `curation.config` and `curation.catalog`)."""
+    from curation.catalog import build_operator
+    from curation.config import parse_config
+
+    keys: list[str] = []
+    for spec in parse_config(cfg).operators:
+        keys.extend(build_operator(spec).models)
+    return list(dict.fromkeys(keys))
+
+
+COMMANDS = {
+    "heads": (add_heads_parser, run_heads),
+    "scorer": (add_scorer_parser, run_scorer),
+    "models": (add_models_parser, run_models),
+}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add `heads`, `scorer` and `models` to the `curation` command (each sets `func` to its runner)."""
+    for add, _ in COMMANDS.values():
+        add(subparsers)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run whichever of this module's sub-commands was parsed."""
+    return int(args.func(args) or 0)

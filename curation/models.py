@@ -1,0 +1,363 @@
+"""Model registry (DESIGN.md §7): every model pinned, resolved from a local cache, checked before a run touches data.
+
+Layout of the cache (`CURATION_MODEL_DIR`, default `~/.cache/curation/models`): one folder per registry key holding
+the pinned files under their own names, plus `.pulled.json` recording where and at which revision they came from:
+
+    <model_dir>/clip-vit-l-14/open_clip_model.safetensors
+    <model_dir>/laion-aesthetic-l14/sac+logos+ava1-l14-linearMSE.pth
+    <model_dir>/qwen2-vl-7b/{config.json, *.safetensors, ...}
+    <model_dir>/synthetic-head/synthetic_head.safetensors      (trained by `curation heads train synthetic`)
+    <model_dir>/quality-scorer/quality_scorer.safetensors      (trained by `curation scorer train`)
+
+Models shipped inside PyPI packages (PP-OCRv4 in rapidocr-onnxruntime, NudeNet's ONNX) resolve to the installed
+package's file, so the offline profile needs no download at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+log = logging.getLogger("curation.models")
+
+Kind = Literal["hf", "open_clip", "package_file", "url_file", "local"]
+
+ENV_VAR = "CURATION_MODEL_DIR"
+PULL_RECORD = ".pulled.json"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One pinned model: where it comes from, which files make it up, and how a person gets it."""
+
+    key: str
+    kind: Kind
+    source: str  # HF repo id, open_clip "arch:tag", package name, URL, or "" for locally trained files
+    files: tuple[str, ...]  # file names inside the key's folder (or inside the package for package_file)
+    revision: str | None = None  # HF commit / git commit the files are pinned to
+    sha256: dict[str, str] = field(default_factory=dict)  # file -> sha256, where a public pin is known
+    size_bytes: dict[str, int] = field(default_factory=dict)  # file -> size, checked cheaply on every resolve
+    license: str = ""
+    how_to_get: str = ""
+    description: str = ""
+    hf_repo: str | None = None  # for open_clip entries: the HF repo its pretrained cfg points at
+
+
+# open_clip 3.3 `get_pretrained_cfg('ViT-L-14', 'openai')` names hf_hub 'timm/vit_large_patch14_clip_224.openai/'
+# and prefers the safetensors alternative 'open_clip_model.safetensors'. No public commit pin for that repo could be
+# found, so `pull` records the commit it got in `.pulled.json`; the OpenAI original is pinned by its sha256 (the
+# hash is part of OpenAI's own download URL).
+REGISTRY: dict[str, ModelSpec] = {
+    spec.key: spec
+    for spec in [
+        ModelSpec(
+            key="clip-vit-l-14",
+            kind="open_clip",
+            source="ViT-L-14:openai",
+            hf_repo="timm/vit_large_patch14_clip_224.openai",
+            files=("open_clip_model.safetensors",),
+            revision=None,
+            license="MIT (OpenAI CLIP)",
+            how_to_get="curation models pull --keys clip-vit-l-14  (needs internet; HF hub "
+            "timm/vit_large_patch14_clip_224.openai, file open_clip_model.safetensors)",
+            description="CLIP ViT-L/14 image tower, 768-d, quick-GELU; the embedding backbone of the full profile",
+        ),
+        ModelSpec(
+            key="laion-aesthetic-l14",
+            kind="url_file",
+            source="https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/"
+            "6934dd81792f086e613a121dbce43082cb8be85e/sac+logos+ava1-l14-linearMSE.pth",
+            files=("sac+logos+ava1-l14-linearMSE.pth",),
+            revision="6934dd81792f086e613a121dbce43082cb8be85e",
+            # sha256 (and size) as in the Git LFS pointer of the mirror jewel/laion-aesthetics-predictor and as
+            # pinned by several public projects for this URL; pooch users pin md5 b1047fd767a00134b8fd6529bf19521a.
+            sha256={"sac+logos+ava1-l14-linearMSE.pth":
+                    "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0"},
+            size_bytes={"sac+logos+ava1-l14-linearMSE.pth": 3_714_759},
+            license="Apache-2.0 (improved-aesthetic-predictor)",
+            how_to_get="curation models pull --keys laion-aesthetic-l14  (needs internet; GitHub "
+            "christophschuhmann/improved-aesthetic-predictor)",
+            description="LAION improved aesthetic predictor MLP on L2-normalised CLIP ViT-L/14 embeddings",
+        ),
+        ModelSpec(
+            key="qwen2-vl-7b",
+            kind="hf",
+            source="Qwen/Qwen2-VL-7B-Instruct",
+            revision="eed13092ef92e448dd6875b2a00151bd3f7db0ac",
+            files=("config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json",
+                   "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.json",
+                   "model.safetensors.index.json", "*.safetensors"),
+            license="Apache-2.0",
+            how_to_get="curation models pull --keys qwen2-vl-7b  (needs internet; ~16 GB from HF hub)",
+            description="Qwen2-VL-7B-Instruct dense captioner",
+        ),
+        ModelSpec(
+            key="pp-ocrv4",
+            kind="package_file",
+            source="rapidocr_onnxruntime",
+            files=("models/ch_PP-OCRv4_det_infer.onnx", "models/ch_PP-OCRv4_rec_infer.onnx",
+                   "models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+            license="Apache-2.0",
+            how_to_get="pip install rapidocr-onnxruntime==1.4.4  (the ONNX files ship inside the package)",
+            description="PP-OCRv4 detection + recognition (ONNX) as shipped by rapidocr-onnxruntime",
+        ),
+        ModelSpec(
+            key="nudenet",
+            kind="package_file",
+            source="nudenet",
+            files=("320n.onnx",),
+            license="AGPL-3.0 (NudeNet)",
+            how_to_get="pip install nudenet==3.4.2  (the ONNX detector ships inside the package)",
+            description="NudeNet 320n ONNX detector",
+        ),
+        ModelSpec(
+            key="synthetic-head",
+            kind="local",
+            source="",
+            files=("synthetic_head.safetensors",),
+            license="trained locally",
+            how_to_get="curation heads train synthetic --real DIR --fake DIR  (writes "
+            "<model_dir>/synthetic-head/synthetic_head.safetensors)",
+            description="UnivFD-style linear probe on the unnormalised CLIP ViT-L/14 image embedding",
+        ),
+        ModelSpec(
+            key="watermark-head",
+            kind="local",
+            source="",
+            files=("watermark_head.safetensors",),
+            license="trained locally",
+            how_to_get="curation heads train watermark --real DIR_CLEAN --fake DIR_WATERMARKED",
+            description="linear probe on CLIP ViT-L/14 embeddings scoring visible watermarks",
+        ),
+        ModelSpec(
+            key="nsfw-head",
+            kind="local",
+            source="",
+            files=("nsfw_head.safetensors",),
+            license="trained locally",
+            how_to_get="curation heads train nsfw --real DIR_SAFE --fake DIR_NSFW",
+            description="linear probe on CLIP ViT-L/14 embeddings scoring NSFW content",
+        ),
+        ModelSpec(
+            key="quality-scorer",
+            kind="local",
+            source="",
+            files=("quality_scorer.safetensors", "quality_scorer.json"),
+            license="trained locally",
+            how_to_get="curation scorer sample --manifest OUT --n N; label it; "
+            "curation scorer train --annotations FILE",
+            description="expert quality scorer (1-5) on embedding + technical + motion features",
+        ),
+    ]
+}
+# UnivFD's name for the same thing, so configs may say either.
+REGISTRY["univfd-probe"] = REGISTRY["synthetic-head"]
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A model that a run needs and the cache does not hold."""
+
+    key: str
+    expected: str
+    reason: str
+    how_to_get: str
+
+    def __str__(self) -> str:
+        return f"- {self.key}: {self.reason} (expected at {self.expected})\n    get it: {self.how_to_get}"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """One or more models are not in the local cache; the message lists each and how to get it."""
+
+    def __init__(self, missing: list[Missing], model_dir: Path):
+        self.missing = missing
+        lines = [f"{len(missing)} model(s) missing from {model_dir} (set ${ENV_VAR} to change it):"]
+        lines += [str(m) for m in missing]
+        super().__init__("\n".join(lines))
+
+
+def model_dir(override: str | os.PathLike | None = None) -> Path:
+    """The cache folder: the override, else $CURATION_MODEL_DIR, else ~/.cache/curation/models."""
+    if override:
+        return Path(override).expanduser()
+    env = os.environ.get(ENV_VAR)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "curation" / "models"
+
+
+def spec(key: str) -> ModelSpec:
+    """The registry entry for `key` (KeyError names the known keys)."""
+    try:
+        return REGISTRY[key]
+    except KeyError:
+        raise KeyError(f"unknown model key '{key}'; known: {sorted(REGISTRY)}") from None
+
+
+def _package_dir(package: str) -> Path | None:
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(list(found.submodule_search_locations)[0])
+
+
+def _folder(s: ModelSpec, root: Path) -> Path:
+    if s.kind == "package_file":
+        pkg = _package_dir(s.source)
+        return pkg if pkg is not None else root / s.key
+    return root / s.key
+
+
+def _problems(s: ModelSpec, root: Path, verify: bool) -> list[str]:
+    """Why `s` is not usable from `root` (empty when it is)."""
+    if s.kind == "package_file" and _package_dir(s.source) is None:
+        return [f"package '{s.source}' is not installed"]
+    folder = _folder(s, root)
+    out = []
+    for name in s.files:
+        if "*" in name:
+            if not list(folder.glob(name)):
+                out.append(f"no file matching {name}")
+            continue
+        path = folder / name
+        if not path.is_file():
+            out.append(f"{name} not found")
+            continue
+        want_size = s.size_bytes.get(name)
+        if want_size is not None and path.stat().st_size != want_size:
+            out.append(f"{name} has {path.stat().st_size} bytes, expected {want_size}")
+        elif verify and name in s.sha256 and sha256_file(path) != s.sha256[name]:
+            out.append(f"{name} sha256 mismatch (expected {s.sha256[name]})")
+    return out
+
+
+def resolve(key: str, root: str | os.PathLike | None = None, verify: bool = False) -> Path:
+    """Local path of a model: the single file for one-file models, else its folder. Raises ModelNotFoundError."""
+    s = spec(key)
+    base = model_dir(root)
+    problems = _problems(s, base, verify)
+    if problems:
+        raise ModelNotFoundError([_missing(s, base, problems)], base)
+    folder = _folder(s, base)
+    if len(s.files) == 1 and "*" not in s.files[0]:
+        return folder / s.files[0]
+    return folder
+
+
+def _missing(s: ModelSpec, base: Path, problems: list[str]) -> Missing:
+    return Missing(key=s.key, expected=str(_folder(s, base)), reason="; ".join(problems), how_to_get=s.how_to_get)
+
+
+def check(keys: Iterable[str], root: str | os.PathLike | None = None, verify: bool = False) -> list[Missing]:
+    """Every model of `keys` that is not usable from the cache (empty list: all present)."""
+    base = model_dir(root)
+    out = []
+    for key in dict.fromkeys(keys):  # keep order, drop repeats
+        s = spec(key)
+        problems = _problems(s, base, verify)
+        if problems:
+            out.append(_missing(s, base, problems))
+    return out
+
+
+def require(keys: Iterable[str], root: str | os.PathLike | None = None, verify: bool = False) -> dict[str, Path]:
+    """Resolve all `keys` at once before a run touches data; raise one error listing everything missing."""
+    keys = list(dict.fromkeys(keys))
+    missing = check(keys, root, verify)
+    if missing:
+        raise ModelNotFoundError(missing, model_dir(root))
+    return {k: resolve(k, root) for k in keys}
+
+
+def describe(keys: Iterable[str], root: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """Model ids and revisions for run.json (what was pinned and, where pulled, what was actually fetched)."""
+    base = model_dir(root)
+    out: dict[str, dict[str, Any]] = {}
+    for key in dict.fromkeys(keys):
+        s = spec(key)
+        entry: dict[str, Any] = {"kind": s.kind, "source": s.source, "revision": s.revision, "files": list(s.files)}
+        if s.hf_repo:
+            entry["hf_repo"] = s.hf_repo
+        record = _folder(s, base) / PULL_RECORD
+        if record.is_file():
+            entry["pulled"] = json.loads(record.read_text())
+        out[key] = entry
+    return out
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- pulling (needs internet; never called by a run) -------------------------------------------------------------
+
+
+def pull(keys: Iterable[str], root: str | os.PathLike | None = None, force: bool = False) -> dict[str, Path]:
+    """Download the models of `keys` into the cache (skipping those present unless `force`)."""
+    base = model_dir(root)
+    out: dict[str, Path] = {}
+    for key in dict.fromkeys(keys):
+        s = spec(key)
+        if not force and not _problems(s, base, verify=False):
+            log.info("model %s already present", key)
+            out[key] = resolve(key, base)
+            continue
+        if s.kind == "package_file":
+            raise ModelNotFoundError([_missing(s, base, _problems(s, base, False))], base)
+        if s.kind == "local":
+            raise ModelNotFoundError(
+                [_missing(s, base, ["trained locally, nothing to download"])], base
+            )
+        folder = base / s.key
+        folder.mkdir(parents=True, exist_ok=True)
+        record: dict[str, Any] = {"key": key, "source": s.source, "pinned_revision": s.revision, "at": time.time()}
+        if s.kind == "url_file":
+            record["files"] = {name: _download_url(s.source, folder / name, s.sha256.get(name)) for name in s.files}
+        elif s.kind == "open_clip":
+            record.update(_pull_hf_files(s.hf_repo or "", s.files, s.revision, folder))
+        elif s.kind == "hf":
+            record.update(_pull_hf_files(s.source, s.files, s.revision, folder))
+        (folder / PULL_RECORD).write_text(json.dumps(record, indent=1))
+        out[key] = resolve(key, base, verify=True)
+    return out
+
+
+def _download_url(url: str, dest: Path, sha256: str | None) -> str:
+    """Fetch `url` to `dest` atomically, verifying the pinned sha256; returns the file's sha256."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - pinned URL
+            shutil.copyfileobj(resp, f)
+        got = sha256_file(tmp)
+        if sha256 and got != sha256:
+            raise RuntimeError(f"{url}: sha256 {got} does not match the pinned {sha256}")
+        os.replace(tmp, dest)
+        return got
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _pull_hf_files(repo: str, files: tuple[str, ...], revision: str | None, folder: Path) -> dict[str, Any]:
+    """Download files (globs allowed) of an HF repo at `revision` into `folder`; return what was fetched."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    info = HfApi().model_info(repo, revision=revision)
+    snapshot_download(repo_id=repo, revision=info.sha, local_dir=str(folder), allow_patterns=list(files))
+    hashes = {p.name: sha256_file(p) for p in folder.iterdir() if p.is_file() and p.suffix == ".safetensors"
+              and p.stat().st_size < (2 << 30)}
+    return {"hf_repo": repo, "resolved_revision": info.sha, "sha256": hashes}

@@ -1,0 +1,214 @@
+"""Watermarks and logos: overlays whose edges stay put on screen while the picture underneath moves.
+
+Classical computer vision on the K uniform `frames`, no model:
+
+1. Per pixel, the Sobel gradient vector g_k of each frame k. An overlay edge sits at the same pixel with the same
+   orientation in every frame; content edges move with the content. Per pixel:
+   `coherence = |mean_k g_k| / mean_k |g_k|` (1 = the same edge in every frame) and `strength = |mean_k g_k|`.
+2. Persistence only means something where the picture changes: a tripod shot is "persistent" everywhere. The
+   temporal standard deviation of the grey level, box-averaged over 15 px, must exceed `content_change_min` around
+   a pixel for it to count. (Consequence: a logo over a perfectly still shot is invisible to this cue; that is what
+   the learned head slot below is for.)
+3. Persistent pixels = strength > `edge_min`, coherence > `coherence_min`, content changing around them. They are
+   grouped into components after a wide, flat dilation (3x15 px) that joins the letters and words of a text line.
+4. Only components lying entirely inside a corner zone (`zone` of the width and height; also a top-centre band)
+   count: a subtitle line spans the bottom centre and is the OCR operator's business, letterbox edges span the whole
+   width. Chance coincidences (an edge moving along itself, e.g. a horizontal line in a horizontal pan) are thin and
+   sparse, a logo is a compact block of persistent edges: a component's evidence is
+   `(persistent pixels / zone area) × fill`, where fill = persistent pixels / bounding-box area.
+5. `watermark_score` = `1 / (1 + (evidence_mid / e)^3)` for the strongest component e over all zones, in [0, 1];
+   0.5 at `evidence_mid` (0.0032). Calibration (bench/BENCHMARKS_ops.md): the corner logos of `curation.samples`
+   (seeds 0 and 1, 14 % of the width, alpha 0.4-0.6) give e >= 0.0065, clean sample clips and plain pans <= 0.0016;
+   the default sits near their geometric mean. Synthetic logos of 7, 9 and 14 % of the width over pans of every
+   sample photo: 23 of 24 found (the miss: a 7 % white logo over bright haze).
+
+Per clip: one score from all K frames together (persistence is a property of the clip, not of a frame). Images and
+clips with fewer than 3 frames: null (no temporal evidence), unless a learned head is configured.
+
+Learned head slot (a later issue): `head: <model registry key>` loads a linear probe on the CLIP image embedding
+(safetensors with `weight` (1, D) and `bias` (1,)); its sigmoid output is combined with the heuristic by max, and
+it alone scores images. `head: null` (default) runs the heuristic only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from curation.operator import Operator, OperatorConfigError, Resources
+
+TEMPORAL_WINDOW = 15  # px: neighbourhood over which "the content changes here" is measured
+LINE_KERNEL = (3, 15)  # (rows, cols) dilation joining the glyphs and words of one text line
+
+
+def gradient_persistence(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(strength, coherence, |mean gx|, |mean gy|, content change) maps of (K, H, W) grey frames."""
+    g = gray.astype(np.float32)
+    sx = np.zeros(g.shape[1:], np.float32)
+    sy = np.zeros_like(sx)
+    mag = np.zeros_like(sx)
+    for f in g:
+        gx = cv2.Sobel(f, cv2.CV_32F, 1, 0, ksize=3)
+        gy = cv2.Sobel(f, cv2.CV_32F, 0, 1, ksize=3)
+        sx += gx
+        sy += gy
+        mag += cv2.magnitude(gx, gy)
+    k = float(len(g))
+    sx /= k
+    sy /= k
+    mag /= k
+    strength = cv2.magnitude(sx, sy)
+    coherence = strength / (mag + 1e-3)
+    change = cv2.blur(g.std(axis=0), (TEMPORAL_WINDOW, TEMPORAL_WINDOW))
+    return strength, coherence, np.abs(sx), np.abs(sy), change
+
+
+def overlay_zones(h: int, w: int, zone: float) -> dict[str, tuple[int, int, int, int]]:
+    """Where overlays live: the four corners and a top-centre band, as (y0, x0, y1, x1)."""
+    zh, zw = max(1, int(h * zone)), max(1, int(w * zone))
+    return {
+        "tl": (0, 0, zh, zw), "tr": (0, w - zw, zh, w), "bl": (h - zh, 0, h, zw), "br": (h - zh, w - zw, h, w),
+        "top": (0, zw, zh, w - zw),
+    }
+
+
+def overlay_evidence(frames: np.ndarray, zone: float = 0.3, edge_min: float = 80.0, coherence_min: float = 0.93,
+                     content_change_min: float = 3.0, balance_min: float = 0.3) -> dict[str, float]:
+    """Per zone, the evidence of the strongest persistent-edge component lying inside it (0 when none)."""
+    frames = np.asarray(frames)
+    gray = np.stack([cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]) \
+        if frames.ndim == 4 else frames
+    strength, coherence, ax, ay, change = gradient_persistence(gray)
+    persistent = (strength > edge_min) & (coherence > coherence_min) & (change > content_change_min)
+    h, w = persistent.shape
+    zones = overlay_zones(h, w, zone)
+    out = {k: 0.0 for k in zones}
+    if not persistent.any():
+        return out
+    joined = cv2.dilate(persistent.astype(np.uint8), np.ones(LINE_KERNEL, np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+    for i in range(1, n):
+        x, y, bw, bh, _ = stats[i]
+        for name, (y0, x0, y1, x1) in zones.items():
+            if not (x >= x0 and y >= y0 and x + bw <= x1 and y + bh <= y1):
+                continue
+            sel = (labels[y:y + bh, x:x + bw] == i) & persistent[y:y + bh, x:x + bw]
+            count = int(sel.sum())
+            if count == 0:
+                continue
+            # An edge moving along itself (a horizontal line in a horizontal pan) stays coherent by chance, but only
+            # in one orientation; logos and text have edges both ways.
+            ex, ey = float(ax[y:y + bh, x:x + bw][sel].sum()), float(ay[y:y + bh, x:x + bw][sel].sum())
+            if min(ex, ey) < balance_min * max(ex, ey):
+                continue
+            fill = count / float(bw * bh)
+            area = float((y1 - y0) * (x1 - x0))
+            out[name] = max(out[name], count / area * fill)
+    return out
+
+
+def evidence_to_score(e: float, mid: float) -> float:
+    """Map component evidence to [0, 1]: 0.5 at `mid`, steep around it (a log-logistic curve)."""
+    if e <= 0:
+        return 0.0
+    return float(1.0 / (1.0 + (mid / e) ** 3))
+
+
+def watermark_heuristic(frames: np.ndarray, **kw: float) -> tuple[float, str | None] | None:
+    """(score, zone of the strongest overlay or None) for one clip; None with fewer than 3 frames."""
+    frames = np.asarray(frames)
+    if frames.ndim < 3 or len(frames) < 3:
+        return None
+    mid = kw.pop("evidence_mid", 0.0032)
+    ev = overlay_evidence(frames, **kw)
+    best = max(ev, key=ev.get)
+    score = evidence_to_score(ev[best], mid)
+    return score, (best if ev[best] > 0 else None)
+
+
+class WatermarkDetector(Operator):
+    """Persistent-overlay (logo, corner text) score from the uniform frames (CPU task; optional learned head)."""
+
+    name: ClassVar[str] = "watermark"
+    needs: ClassVar[tuple[str, ...]] = ("frames",)
+    produces: ClassVar[dict[str, pa.DataType]] = {"watermark_score": pa.float64(), "watermark_zone": pa.string()}
+    stateful: ClassVar[bool] = False
+    default_resources: ClassVar[Resources] = Resources(num_cpus=0.5)
+    default_batch_size: ClassVar[int] = 16
+    params: ClassVar[dict[str, Any]] = {
+        "zone": 0.3,  # corner zone size, as a share of width and height
+        "edge_min": 80.0,  # Sobel strength of the frame-averaged gradient (grey levels x 4 per px)
+        "coherence_min": 0.93,  # |mean g| / mean |g| above which an edge is "the same in every frame"
+        "content_change_min": 3.0,  # grey-level temporal std (15 px box) for persistence to mean anything
+        "evidence_mid": 0.0032,  # evidence that maps to a score of 0.5
+        "head": None,  # model registry key of a learned watermark head on `embedding` (a later issue), or null
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.config["head"]:
+            self.needs = ("frames", "embedding")  # instance-level: the head reads the CLIP embedding
+            self.models = (str(self.config["head"]),)
+
+    def validate(self) -> None:
+        """Check the parameters."""
+        c = self.config
+        if not 0.05 <= float(c["zone"]) <= 0.5:
+            raise OperatorConfigError("operator 'watermark': zone must be in [0.05, 0.5]")
+        if not 0 < float(c["coherence_min"]) < 1:
+            raise OperatorConfigError("operator 'watermark': coherence_min must be in (0, 1)")
+        for key in ("edge_min", "content_change_min", "evidence_mid"):
+            v = c[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                raise OperatorConfigError(f"operator 'watermark': {key} must be a number > 0, got {v!r}")
+        if c["head"] is not None and not isinstance(c["head"], str):
+            raise OperatorConfigError("operator 'watermark': head must be a model registry key or null")
+
+    def __getstate__(self) -> dict:
+        """Pickle without the loaded model: Ray ships the operator to workers, which load their own in setup()."""
+        state = dict(self.__dict__)
+        state.pop("_head", None)
+        return state
+
+    def setup(self) -> None:
+        """Load the learned head, if one is configured (the heuristic needs nothing)."""
+        self._head = None
+        if self.config["head"]:
+            from safetensors.numpy import load_file
+
+            from curation import models
+
+            tensors = load_file(str(models.resolve(self.config["head"])))
+            self._head = (tensors["weight"].reshape(-1).astype(np.float32), float(tensors["bias"].reshape(-1)[0]))
+
+    def learned_score(self, row: dict[str, Any]) -> float | None:
+        """Sigmoid of the linear head on the row's embedding; None without a head or an embedding."""
+        head = getattr(self, "_head", None)
+        emb = row.get("embedding")
+        if head is None or emb is None:
+            return None
+        z = float(np.dot(head[0], np.asarray(emb, np.float32).reshape(-1))) + head[1]
+        return float(1.0 / (1.0 + np.exp(-z)))
+
+    def score_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Score one clip (images: learned head only, else null)."""
+        c = self.config
+        if c["head"] and not hasattr(self, "_head"):
+            self.setup()  # unpickled on a worker after the driver had set it up: load the head here
+        heur = watermark_heuristic(row["frames"], zone=float(c["zone"]), edge_min=float(c["edge_min"]),
+                                   coherence_min=float(c["coherence_min"]),
+                                   content_change_min=float(c["content_change_min"]),
+                                   evidence_mid=float(c["evidence_mid"]))
+        learned = self.learned_score(row)
+        if heur is None and learned is None:
+            return {}
+        if heur is None:
+            return {"watermark_score": learned}
+        score, zone = heur
+        zone = zone if score >= 0.05 else None  # name a zone only where there is a candidate worth a look
+        if learned is not None and learned > score:
+            return {"watermark_score": learned, "watermark_zone": zone}
+        return {"watermark_score": score, "watermark_zone": zone}

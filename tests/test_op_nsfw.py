@@ -1,0 +1,76 @@
+"""NudeNet NSFW scoring: parity with the library's own detector, the exposed-class rule, clean pictures score low."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from curation import models
+from operators.nsfw import (EXPOSED_CLASSES, NUDENET_LABELS, NudeNetNsfw, NudeNetSession, class_scores,
+                            exposed_score, letterbox)
+
+
+@pytest.fixture(scope="module")
+def session() -> NudeNetSession:
+    return NudeNetSession(str(models.resolve("nudenet")))
+
+
+def test_labels_match_the_installed_package():
+    import nudenet.nudenet as nn
+
+    assert tuple(nn.__labels) == NUDENET_LABELS
+    assert set(EXPOSED_CLASSES) <= set(NUDENET_LABELS)
+
+
+def test_same_confidence_as_nudedetector(session):
+    """Our batched, rectangular-letterbox path reports what NudeDetector.detect reports (a face on a photo)."""
+    from nudenet import NudeDetector
+
+    lib = NudeDetector()
+    face = NUDENET_LABELS.index("FACE_FEMALE")
+    img = skimage.data.astronaut()
+    for frame, tol in ((img, 1e-4), (cv2.resize(img, (480, 272)), 0.03)):  # square: identical input; 16:9: less padding
+        dets = [d for d in lib.detect(np.ascontiguousarray(frame[..., ::-1])) if d["class"] == "FACE_FEMALE"]
+        ours = class_scores(session.raw([frame]))[0]
+        mine = ours[ours.argmax(axis=1) == face, face].max()
+        assert mine == pytest.approx(max(d["score"] for d in dets), abs=tol)
+
+
+def test_exposed_score_uses_the_argmax_class():
+    scores = np.zeros((1, 3, len(NUDENET_LABELS)), np.float32)
+    exposed = NUDENET_LABELS.index("BUTTOCKS_EXPOSED")
+    covered = NUDENET_LABELS.index("BUTTOCKS_COVERED")
+    scores[0, 0, exposed], scores[0, 0, covered] = 0.4, 0.6  # the anchor is "covered": does not count
+    scores[0, 1, NUDENET_LABELS.index("FEET_EXPOSED")] = 0.9  # not an exposed-body class
+    assert exposed_score(scores) == 0.0
+    scores[0, 2, NUDENET_LABELS.index("FEMALE_BREAST_EXPOSED")] = 0.7
+    assert exposed_score(scores) == pytest.approx(0.7)
+
+
+def test_letterbox_keeps_aspect_and_stride():
+    x = letterbox(np.zeros((272, 480, 3), np.uint8))
+    assert x.shape == (3, 192, 320)  # 320 x 181 padded to a multiple of 32, not to 320 x 320
+
+
+def test_clean_pictures_score_low():
+    op = NudeNetNsfw()
+    frames = [cv2.resize(p, (480, 272)) for p in (skimage.data.astronaut(), skimage.data.coffee(),
+                                                    skimage.data.chelsea(), skimage.data.rocket())]
+    batch = {
+        "sample_id": np.array(["clip", "image"], dtype=object),
+        "status": np.array(["kept", "kept"], dtype=object),
+        "frames": np.array([np.stack(frames), frames[0][None]], dtype=object),
+    }
+    out = op(batch)
+    assert all(0.0 <= s < 0.2 for s in out["nsfw_score"]), out["nsfw_score"]
+
+
+def test_model_is_not_loaded_at_import():
+    code = "import sys, operators.nsfw; assert 'onnxruntime' not in sys.modules and 'nudenet' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -1,0 +1,108 @@
+"""OCR against rendered text: known strings (English, Chinese) at known places, union area, reading order, dedup."""
+
+from __future__ import annotations
+
+import difflib
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image, ImageDraw, ImageFont
+
+from operators.ocr import OcrText, group_lines, merge_lines, pick_frames, union_area_ratio
+
+CJK_FONT = "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"
+LATIN_FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
+
+
+def _background(w: int = 480, h: int = 272) -> np.ndarray:
+    return cv2.resize(skimage.data.coffee(), (w, h), interpolation=cv2.INTER_AREA)
+
+
+def _render(frame: np.ndarray, text: str, xy: tuple[int, int], size: int, font: str) -> tuple[np.ndarray, tuple]:
+    """Draw white text with a black outline; returns the frame and the text's pixel bbox."""
+    im = Image.fromarray(frame)
+    f = ImageFont.truetype(font if Path(font).is_file() else CJK_FONT, size)
+    d = ImageDraw.Draw(im)
+    d.text(xy, text, font=f, fill=(255, 255, 255), stroke_width=2, stroke_fill=(0, 0, 0))
+    return np.asarray(im), d.textbbox(xy, text, font=f, stroke_width=2)
+
+
+def _recall(truth: str, read: str) -> float:
+    t, r = "".join(truth.split()), "".join(read.split())
+    return sum(b.size for b in difflib.SequenceMatcher(None, t, r, autojunk=False).get_matching_blocks()) / len(t)
+
+
+@pytest.fixture(scope="module")
+def op() -> OcrText:
+    if not Path(CJK_FONT).is_file():
+        pytest.skip("fonts-wqy-microhei is not installed")
+    o = OcrText()
+    o.setup()
+    return o
+
+
+def test_union_area_does_not_double_count():
+    a = np.array([[0, 0], [50, 0], [50, 20], [0, 20]], np.float32)
+    b = a + [25, 0]  # half overlapping
+    assert union_area_ratio([a, b], (100, 100)) == pytest.approx(75 * 20 / 1e4, rel=0.1)
+    assert union_area_ratio([a, a.copy()], (100, 100)) == pytest.approx(50 * 20 / 1e4, rel=0.1)
+    assert union_area_ratio([], (100, 100)) == 0.0
+
+
+def test_reading_order_and_dedup():
+    def quad(x, y, w=40, h=14):
+        return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float32)
+
+    lines = group_lines([(quad(120, 101), "world"), (quad(10, 10), "Top"), (quad(10, 100), "hello")])
+    assert lines == ["Top", "hello world"]
+    merged = merge_lines([["Top", "hello world"], ["hello  World", "new line"], ["Top"]])
+    assert merged == ["Top", "hello world", "new line"]
+    assert pick_frames(8, 3) == [0, 4, 7] and pick_frames(2, 3) == [0, 1]
+
+
+@pytest.mark.parametrize("text,font", [("The weather will be sunny tomorrow.", LATIN_FONT),
+                                       ("今天的天气非常好", CJK_FONT)])
+def test_reads_rendered_subtitles(op, text, font):
+    frame, box = _render(_background(), text, (12, 215), 20, font)
+    assert box[2] < frame.shape[1]  # the whole line is in the picture
+    clip = np.stack([frame] * 8)
+    out = op.score_row({"frames": clip})
+    assert _recall(text, out["ocr_text"]) >= 0.9, out["ocr_text"]
+    # The union of the detector's boxes covers about the rendered text's box (the detector pads a little).
+    truth = (box[2] - box[0]) * (box[3] - box[1]) / float(frame.shape[0] * frame.shape[1])
+    assert truth * 0.7 <= out["text_area_ratio"] <= truth * 1.8
+
+
+def test_two_lines_in_order_and_text_changing_over_time(op):
+    bg = _background()
+    f1, _ = _render(bg, "OPENING NIGHT", (40, 30), 28, LATIN_FONT)
+    f1, _ = _render(f1, "Live from the harbour", (40, 200), 24, LATIN_FONT)
+    f2, _ = _render(bg, "Second caption here", (40, 200), 24, LATIN_FONT)
+    out = op.score_row({"frames": np.stack([f1] * 4 + [f2] * 4)})
+    lines = out["ocr_text"].split("\n")
+    assert len(lines) == 3, lines
+    assert _recall("OPENING NIGHT", lines[0]) >= 0.9 and _recall("Live from the harbour", lines[1]) >= 0.9
+    assert _recall("Second caption here", lines[2]) >= 0.9
+
+
+def test_no_text_is_empty_not_null(op):
+    out = op.score_row({"frames": np.stack([_background()] * 4)})
+    assert out == {"ocr_text": "", "text_area_ratio": 0.0}
+
+
+def test_model_is_not_loaded_at_import():
+    code = "import sys, operators.ocr; assert 'rapidocr_onnxruntime' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_a_line_that_changes_two_characters_is_read_again(op):
+    bg = _background()
+    a, _ = _render(bg, "请大家注意安全", (120, 210), 26, CJK_FONT)
+    b, _ = _render(bg, "请大家注意身体", (120, 210), 26, CJK_FONT)
+    lines = op.score_row({"frames": np.stack([a] * 4 + [b] * 4)})["ocr_text"].split("\n")
+    assert len(lines) == 2 and _recall("请大家注意身体", lines[1]) >= 0.9, lines
