@@ -227,7 +227,7 @@ class QualityScorer(Operator):
     name: ClassVar[str] = "quality_scorer"
     needs: ClassVar[tuple[str, ...]] = ("embedding",)
     produces: ClassVar[dict[str, pa.DataType]] = {"quality_score": pa.float64()}
-    default_resources: ClassVar[Resources] = Resources(num_cpus=1)
+    default_resources: ClassVar[Resources] = Resources(num_cpus=0.25)
     default_batch_size: ClassVar[int] = 256
     stateful: ClassVar[bool] = True  # the (small) model is loaded once per actor
     params: ClassVar[dict[str, Any]] = {
