@@ -87,3 +87,61 @@ def test_probe_columns_match_truth(demo_output, labels):
         assert abs(g["fps"].iloc[0] - lab.fps) < 0.01
         assert g["num_frames"].sum() == lab.num_frames, lab.file
         assert g["codec"].iloc[0] == "h264"
+
+
+def _norm(text: str) -> str:
+    # PP-OCR sometimes drops the spaces between English words; compare characters, not spacing.
+    return "".join(str(text).split()).lower()
+
+
+def test_demo_motion_tiers_match_labels(demo_output, labels):
+    out, _ = demo_output
+    df = pd.read_parquet(out / "samples")
+    hits = total = 0
+    wrong = []
+    for lab in labels[labels["expected_motion_tier"].notna()].itertuples():
+        for tier in df.loc[df["source_uri"] == lab.source_uri, "motion_tier"]:
+            total += 1
+            hits += tier == lab.expected_motion_tier
+            if tier != lab.expected_motion_tier:
+                wrong.append((lab.file, lab.expected_motion_tier, tier))
+    assert total >= 20
+    assert hits / total >= 0.9, wrong
+
+
+def test_demo_ocr_reads_subtitles(demo_output, labels):
+    out, _ = demo_output
+    df = pd.read_parquet(out / "samples")
+    subs = labels[labels["subtitle_text"].notna()]
+    assert set(subs["subtitle_lang"]) == {"en", "zh"}
+    for lab in subs.itertuples():
+        read = _norm(" ".join(df.loc[df["source_uri"] == lab.source_uri, "ocr_text"].fillna("")))
+        truth = _norm(lab.subtitle_text)
+        recall = sum(1 for ch in truth if ch in read) / len(truth)
+        assert recall >= 0.9, (lab.file, lab.subtitle_text, read)
+        assert (df.loc[df["source_uri"] == lab.source_uri, "text_area_ratio"] > 0).all()
+
+
+def test_demo_watermark_flags(demo_output, labels):
+    out, _ = demo_output
+    df = pd.read_parquet(out / "samples").merge(labels[["source_uri", "has_watermark"]], on="source_uri")
+    vids = df[(df["media_type"] == "video") & df["watermark_score"].notna()]
+    assert vids["has_watermark"].sum() >= 3
+    assert (vids.loc[vids["has_watermark"], "watermark_score"] > 0.5).all()
+    assert (vids.loc[~vids["has_watermark"].astype(bool), "watermark_score"] <= 0.5).all()
+    assert all("watermark_score>0.5" in list(r) for r in vids.loc[vids["has_watermark"], "reject_reasons"])
+
+
+def test_demo_fills_embedding_clusters_and_duplicates(demo_output):
+    out, _ = demo_output
+    df = pd.read_parquet(out / "samples")
+    ok = df[df["status"] != "failed"]
+    assert ok["embedding"].notna().all() and ok["cluster_id"].notna().all()
+    assert df.loc[df["status"] == "failed", "cluster_id"].isna().all()
+    assert (out / "centroids.npy").exists()
+    # The sample set re-uses a handful of photos across many clips: near-duplicates must be found, and each
+    # duplicate must point at a row that exists.
+    dups = ok[ok["duplicate_of"].notna()]
+    assert len(dups) > 0 and set(dups["duplicate_of"]) <= set(df["sample_id"])
+    run = json.loads((out / "run.json").read_text())
+    assert run["clustering"]["k"] <= len(ok)
