@@ -62,3 +62,10 @@ def test_invalid_yaml(tmp_path):
     bad.write_text("split: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_rule_on_unknown_column_is_refused():
+    with pytest.raises(ConfigError, match="decide.aesthetic_scor"):
+        parse_config({"decide": {"aesthetic_scor": {"min": 4.5}}})
+    with pytest.raises(ConfigError, match="decide.short_side"):
+        parse_config({"decide": {"short_side": {"min": 128}}})  # needs the `basic` operator

@@ -7,7 +7,7 @@ from curation.decide import decide_batch, reasons_for
 
 
 def _rules(d):
-    return parse_config({"decide": d}).decide
+    return parse_config({"operators": ["basic"], "decide": d}).decide
 
 
 def test_reasons_min_max_exclude_flag():
