@@ -1,0 +1,101 @@
+"""Training checkpoints: model weights as safetensors, optimizer state through torch.distributed.checkpoint.
+
+Layout of one checkpoint, written to a temporary folder and renamed when complete (a crash never leaves a half
+checkpoint that resume would pick up):
+
+    <root>/step_00000100/model.safetensors     weights only, loadable by trainer.vae.load_wan_vae
+    <root>/step_00000100/<name>.safetensors     other modules (e.g. the discriminator)
+    <root>/step_00000100/optim/                 DCP folder with every optimizer's state (no pickles)
+    <root>/step_00000100/state.json             step and anything else JSON-able
+    <root>/latest                               name of the newest complete checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+
+import torch
+import torch.nn as nn
+
+
+def _dcp():
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    return dcp, get_optimizer_state_dict, set_optimizer_state_dict
+
+
+def save_checkpoint(root: str, step: int, modules: dict[str, nn.Module],
+                    optimizers: dict[str, tuple[nn.Module, torch.optim.Optimizer]], state: dict,
+                    keep: int = 2) -> str:
+    """Write checkpoint `step` under `root` and prune all but the newest `keep`; returns its folder."""
+    from safetensors.torch import save_file
+
+    dcp, get_osd, _ = _dcp()
+    name = f"step_{step:08d}"
+    final = os.path.join(root, name)
+    tmp = os.path.join(root, f".tmp_{name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for mod_name, module in modules.items():
+        sd = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+        save_file(sd, os.path.join(tmp, f"{mod_name}.safetensors"))
+    if optimizers:
+        osd = {k: get_osd(model, opt) for k, (model, opt) in optimizers.items()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DCP warns that no process group exists; single process is fine
+            dcp.save(osd, checkpoint_id=os.path.join(tmp, "optim"))
+    with open(os.path.join(tmp, "state.json"), "w") as fh:
+        json.dump(dict(state, step=step), fh, indent=1)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    with open(os.path.join(root, ".latest.tmp"), "w") as fh:
+        fh.write(name)
+    os.replace(os.path.join(root, ".latest.tmp"), os.path.join(root, "latest"))
+    done = sorted(d for d in os.listdir(root) if d.startswith("step_"))
+    for old in done[:-keep] if keep > 0 else []:
+        shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(root: str) -> str | None:
+    """The newest complete checkpoint folder under `root`, or None."""
+    pointer = os.path.join(root, "latest")
+    if not os.path.exists(pointer):
+        return None
+    with open(pointer) as fh:
+        path = os.path.join(root, fh.read().strip())
+    return path if os.path.isdir(path) else None
+
+
+def load_checkpoint(path: str, modules: dict[str, nn.Module],
+                    optimizers: dict[str, tuple[nn.Module, torch.optim.Optimizer]]) -> dict:
+    """Restore modules (strict) and optimizers from a checkpoint folder; returns its state.json."""
+    from safetensors.torch import load_file
+
+    dcp, get_osd, set_osd = _dcp()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    for mod_name, module in modules.items():
+        module.load_state_dict(load_file(os.path.join(path, f"{mod_name}.safetensors")), strict=True)
+    if optimizers:
+        # DCP loads in place into a template with the right structure (optimizer state initialised). Parameters
+        # that had no gradient before the save (e.g. temporal convs during an image-only phase) have no state in
+        # the checkpoint and are left out of the template, so they stay stateless as in an uninterrupted run.
+        saved = dcp.FileSystemReader(os.path.join(path, "optim")).read_metadata().state_dict_metadata
+        template = {}
+        for k, (model, opt) in optimizers.items():
+            osd = get_osd(model, opt)
+            osd["state"] = {fqn: st for fqn, st in osd["state"].items()
+                            if any(key.startswith(f"{k}.state.{fqn}.") for key in saved)}
+            template[k] = osd
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dcp.load(template, checkpoint_id=os.path.join(path, "optim"))
+        for k, (model, opt) in optimizers.items():
+            set_osd(model, opt, template[k], options=StateDictOptions(strict=False))
+    with open(os.path.join(path, "state.json")) as fh:
+        return json.load(fh)
