@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from curation.config import FramesConfig
+from curation.limits import MAX_VIEW_ASPECT
 
 
 @dataclass
@@ -43,11 +44,15 @@ class FrameViews:
 
 
 def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """(w, h) with the short side at most `short_side`, aspect kept, even sizes (never upscaled)."""
-    s = min(width, height)
-    if s <= short_side:
+    """(w, h) with the short side at most `short_side`, aspect kept, even sizes (never upscaled).
+
+    The long side is also capped at MAX_VIEW_ASPECT × `short_side`: the memory of a clip's views stays bounded
+    whatever the aspect ratio of the source (only sources beyond 8:1 are affected; they fail any aspect filter).
+    """
+    s, long_side = min(width, height), max(width, height)
+    scale = min(1.0, short_side / s, MAX_VIEW_ASPECT * short_side / long_side)
+    if scale >= 1.0:
         return max(2, width - width % 2), max(2, height - height % 2)
-    scale = short_side / s
     return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
 
 
@@ -83,18 +88,26 @@ def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
 
 
 def decode_video_views(path: str, start: int, end: int, fps: float | None, coded_wh: tuple[int, int],
-                       rotation: int, cfg: FramesConfig, deadline: float | None = None) -> FrameViews:
-    """Decode the clip [start, end) of a video once into both views (decord first, PyAV fallback)."""
+                       rotation: int, cfg: FramesConfig, deadline: float | None = None,
+                       max_pixels: int | None = None) -> FrameViews:
+    """Decode the clip [start, end) of a video once into both views (decord first, PyAV fallback), upright.
+
+    `coded_wh` is the size of the coded picture and `rotation` the clockwise display rotation; the views are of
+    the displayed picture. decord applies the display matrix itself (and resizes after rotating), so it is asked
+    for the displayed size; PyAV returns coded frames, which are turned here.
+    """
     uniform, motion, motion_fps = sample_indices(start, end, fps, cfg)
     wanted = np.union1d(uniform, motion)
-    w, h = scaled_size(coded_wh[0], coded_wh[1], cfg.short_side)
+    disp = (coded_wh[1], coded_wh[0]) if rotation in (90, 270) else coded_wh
+    dw, dh = scaled_size(disp[0], disp[1], cfg.short_side)
     try:
-        decoded, decoder = _decode_decord(path, wanted, w, h), "decord"
+        decoded, decoder = _decode_decord(path, wanted, dw, dh), "decord"
     except Exception:  # noqa: BLE001 - decord fails on AV1, some containers and damaged files: fall back
-        decoded, decoder = _decode_pyav(path, wanted, w, h, fps, deadline), "pyav"
+        cw, ch = (dh, dw) if rotation in (90, 270) else (dw, dh)
+        decoded = _decode_pyav(path, wanted, cw, ch, fps, deadline, max_pixels)
+        decoded, decoder = _rotate(decoded, rotation), "pyav"
     if deadline is not None and time.monotonic() > deadline:
-        raise TimeoutError("decoding exceeded the per-file time limit")
-    decoded = _rotate(decoded, rotation)
+        raise TimeoutError("decoding exceeded the per-file time limit (limits.decode_timeout_s)")
     pos = {int(i): j for j, i in enumerate(wanted)}
     frames = decoded[[pos[int(i)] for i in uniform]]
     motion_frames = np.stack([_to_motion(decoded[pos[int(i)]], cfg.motion_width) for i in motion])
@@ -117,16 +130,19 @@ def _decode_decord(path: str, indices: np.ndarray, w: int, h: int) -> np.ndarray
 
 
 def _decode_pyav(path: str, indices: np.ndarray, w: int, h: int, fps: float | None,
-                 deadline: float | None) -> np.ndarray:
+                 deadline: float | None, max_pixels: int | None = None) -> np.ndarray:
     """Sequential decode counting frames from the start, so indices match the split pass exactly."""
     import av
 
     want = set(int(i) for i in indices)
     last = int(indices.max())
     got: dict[int, np.ndarray] = {}
-    with av.open(path, mode="r", timeout=30.0) as container:
+    opts = {"max_pixels": str(int(max_pixels))} if max_pixels else {}
+    with av.open(path, mode="r", timeout=30.0, options=opts) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        if opts:
+            stream.codec_context.options = opts
         n = 0
         try:
             for frame in container.decode(stream):
@@ -145,9 +161,12 @@ def _decode_pyav(path: str, indices: np.ndarray, w: int, h: int, fps: float | No
     return np.stack([got[int(i)] for i in indices])
 
 
-def decode_image_views(path: str, cfg: FramesConfig) -> FrameViews:
+def decode_image_views(path: str, cfg: FramesConfig, max_pixels: int | None = None) -> FrameViews:
     """An image is a one-frame clip: both views from a single decode, EXIF orientation applied."""
     with Image.open(path) as im:
+        if max_pixels and im.width * im.height > max_pixels:
+            # Checked again here (the probe ran in another task): nothing is decoded above the limit.
+            raise ValueError(f"absurd dimensions {im.width}x{im.height} > limits.max_pixels={max_pixels}")
         # draft() lets JPEG decode at a reduced scale directly: the decoder-side resize for images.
         im.draft("RGB", scaled_size(im.width, im.height, cfg.short_side))
         im = ImageOps.exif_transpose(im)

@@ -1,19 +1,29 @@
-"""Source → clip rows (probe + split), and clip rows → frame views (decode once). Both isolate failures per row."""
+"""Source → clip rows (probe + split), and clip rows → frame views (decode once). Both isolate failures per row.
+
+The decoding itself (`probe_and_split`, `decode_views`) runs in this worker's decoder helper process
+(`curation.limits`): a per-file time limit that also holds for C code, a memory cap, and a crashed decoder costs
+one row, not the worker. File-system checks, downloads and row building stay in the worker.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import os
+import socket
 import time
 from typing import Any
 
 import numpy as np
 
-from curation.config import PipelineConfig
-from curation.frames import decode_image_views, decode_video_views
+from curation.config import FramesConfig, LimitsConfig, PipelineConfig, SplitConfig
+from curation.frames import FrameViews, decode_image_views, decode_video_views
+from curation.limits import DecoderError, run_isolated
 from curation.probe import ProbeError, probe
 from curation.schema import FRAME_VIEW_COLUMNS, empty_row, failed_row, make_sample_id
-from curation.sources import file_size, open_local, read_header
-from curation.split import DecodeTimeout, split_video
+from curation.sources import SourceError, check_source, file_size, open_local, read_header
+from curation.split import split_video
 
 log = logging.getLogger(__name__)
 
@@ -22,52 +32,113 @@ def _coded_wh(width: int, height: int, rotation: int) -> tuple[int, int]:
     return (height, width) if rotation in (90, 270) else (width, height)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# What the decoder helper runs (plain data in, plain data out)
+
+
+def probe_and_split(path: str, split: dict, limits: dict, deadline_s: float) -> dict[str, Any]:
+    """Probe a local file and, for a video, split it into clips within `deadline_s` seconds.
+
+    Returns {"info": probe columns} plus, for videos, "clips", "num_frames", "rotation", "decode_errors"; a failure
+    after a successful probe comes back as "error" next to the probe columns, so the failed row keeps them.
+    """
+    deadline = time.monotonic() + deadline_s
+    lim = LimitsConfig(**limits)
+    info = probe(path, read_header(path), lim)
+    out: dict[str, Any] = {"info": info.as_row()}
+    if info.media_type == "image":
+        return out
+    try:
+        coded = _coded_wh(info.width, info.height, info.rotation)
+        result = split_video(path, info.fps, coded, SplitConfig(**split), deadline=deadline, max_pixels=lim.max_pixels)
+    except Exception as exc:  # noqa: BLE001 - reported with the probe columns
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        return out
+    out.update(clips=[list(c) for c in result.clips], num_frames=result.num_frames, rotation=result.rotation,
+               decode_errors=result.decode_errors)
+    return out
+
+
+def decode_views(path: str, media_type: str, start: int, end: int, fps: float | None, coded_wh: tuple[int, int],
+                 rotation: int, frames: dict, max_pixels: int, deadline_s: float) -> FrameViews:
+    """Decode one clip (or image) into its frame views within `deadline_s` seconds."""
+    cfg = FramesConfig(**frames)
+    if media_type == "image":
+        return decode_image_views(path, cfg, max_pixels=max_pixels)
+    return decode_video_views(path, start, end, fps, coded_wh, rotation, cfg,
+                              deadline=time.monotonic() + deadline_s, max_pixels=max_pixels)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What the Ray tasks run
+
+
+def log_source_attempt(uri: str) -> None:
+    """Append (host, pid, time, uri) to $CURATION_SOURCE_LOG/<host>-<pid>.jsonl when that directory is set: an
+    audit trail of which worker processed which source, and how often (the reliability tests count recomputed
+    sources with it after killing workers, nodes and drivers)."""
+    d = os.environ.get("CURATION_SOURCE_LOG")
+    if not d:
+        return
+    host = socket.gethostname()
+    with open(os.path.join(d, f"{host}-{os.getpid()}.jsonl"), "a", encoding="utf-8") as f:
+        f.write(json.dumps({"host": host, "pid": os.getpid(), "t": time.time(), "uri": uri}) + "\n")
+
+
 def source_to_rows(uri: str, cfg: PipelineConfig) -> list[dict[str, Any]]:
     """Probe and split one source into clip rows; any failure becomes one `failed` row naming the cause."""
+    log_source_attempt(uri)
     started = time.monotonic()
-    deadline = started + cfg.limits.decode_timeout_s
     known: dict[str, Any] = {}
     try:
+        check_source(uri)
         size = file_size(uri)
         known["source_size_bytes"] = size
         if size == 0:
             raise ProbeError("empty file (0 bytes)")
         if size > cfg.limits.max_file_bytes:
             raise ProbeError(f"file too large: {size} bytes > limits.max_file_bytes={cfg.limits.max_file_bytes}")
-        header = read_header(uri)
+        read_header(uri, 16)  # readable by this worker? (PermissionError is reported as such, not as a decode error)
         with open_local(uri) as path:
-            info = probe(path, header, cfg.limits)
-            known.update(info.as_row())
-            if info.media_type == "image":
-                row = empty_row(uri)
-                row.update(known)
-                row.update(start_frame=0, end_frame=1, num_frames=1, clip_index=0, clips_in_source=1)
-                row["sample_id"] = make_sample_id(uri, 0, 1)
-                return [row]
-            coded = _coded_wh(info.width, info.height, info.rotation)
-            result = split_video(path, info.fps, coded, cfg.split, deadline=deadline)
-    except (ProbeError, DecodeTimeout) as exc:
+            budget = max(0.0, cfg.limits.decode_timeout_s - (time.monotonic() - started))
+            res, _ = run_isolated("probe_split", {"path": path, "split": dataclasses.asdict(cfg.split),
+                                                  "limits": dataclasses.asdict(cfg.limits), "deadline_s": budget},
+                                  timeout_s=budget, max_pixels=cfg.limits.max_pixels)
+    except (ProbeError, SourceError) as exc:
         return [failed_row(uri, f"{type(exc).__name__}: {exc}", **known)]
+    except DecoderError as exc:
+        return [failed_row(uri, exc.describe(), **known)]
     except FileNotFoundError as exc:
         return [failed_row(uri, f"file not found: {exc}", **known)]
     except PermissionError as exc:
         return [failed_row(uri, f"permission denied: {exc}", **known)]
     except OSError as exc:
         return [failed_row(uri, f"cannot read: {type(exc).__name__}: {exc}", **known)]
-    except Exception as exc:  # noqa: BLE001 - any other decoder error is this file's problem, not the run's
+    except Exception as exc:  # noqa: BLE001 - any other error is this file's problem, not the run's
         log.warning("source %s failed: %s", uri, exc, exc_info=True)
         return [failed_row(uri, f"{type(exc).__name__}: {exc}", **known)]
 
-    if result.num_frames == 0:
+    info = res["info"]
+    known.update(info)
+    if info["media_type"] == "image":
+        row = empty_row(uri)
+        row.update(known)
+        row.update(start_frame=0, end_frame=1, num_frames=1, clip_index=0, clips_in_source=1)
+        row["sample_id"] = make_sample_id(uri, 0, 1)
+        return [row]
+    if "error" in res:
+        return [failed_row(uri, res["error"], **known)]
+    if res["num_frames"] == 0:
         return [failed_row(uri, "no decodable video frames", **known)]
-    if result.rotation and not info.rotation:
-        # The decoded frames carry a rotation the container header did not show: trust the frames.
-        known["rotation"] = result.rotation
-        if result.rotation in (90, 270):
-            known["width"], known["height"] = known["height"], known["width"]
+    if res["rotation"] != (info["rotation"] or 0):
+        # The decoded frames carry a rotation the probe did not see: trust the frames.
+        coded = _coded_wh(info["width"], info["height"], info["rotation"] or 0)
+        known["rotation"] = res["rotation"]
+        known["width"], known["height"] = (coded[1], coded[0]) if res["rotation"] in (90, 270) else coded
     rows = []
-    fps = info.fps
-    for i, (s, e) in enumerate(result.clips):
+    fps = info["fps"]
+    clips = res["clips"]
+    for i, (s, e) in enumerate(clips):
         row = empty_row(uri)
         row.update(known)
         row.update(
@@ -76,7 +147,7 @@ def source_to_rows(uri: str, cfg: PipelineConfig) -> list[dict[str, Any]]:
             num_frames=e - s,
             duration_s=(e - s) / fps,
             clip_index=i,
-            clips_in_source=len(result.clips),
+            clips_in_source=len(clips),
             sample_id=make_sample_id(uri, s, e),
         )
         rows.append(row)
@@ -90,22 +161,33 @@ def attach_views(batch: dict[str, np.ndarray], cfg: PipelineConfig) -> dict[str,
     status = list(batch["status"])
     error = list(batch["error"])
     empty = _empty_views(cfg)
+    frames_cfg = dataclasses.asdict(cfg.frames)
     for i in range(n):
         if status[i] == "failed":
             _fill(views, i, empty)
             continue
         uri = batch["source_uri"][i]
         try:
-            deadline = time.monotonic() + cfg.limits.decode_timeout_s
+            started = time.monotonic()
             with open_local(uri) as path:
-                if batch["media_type"][i] == "image":
-                    fv = decode_image_views(path, cfg.frames)
+                budget = max(0.0, cfg.limits.decode_timeout_s - (time.monotonic() - started))
+                media = str(batch["media_type"][i])
+                rot = _int_or_zero(batch["rotation"][i])
+                if media == "image":
+                    coded, start, end, fps = (0, 0), 0, 1, None
                 else:
-                    rot = _int_or_zero(batch["rotation"][i])
                     coded = _coded_wh(int(batch["width"][i]), int(batch["height"][i]), rot)
-                    fv = decode_video_views(path, int(batch["start_frame"][i]), int(batch["end_frame"][i]),
-                                            float(batch["fps"][i]), coded, rot, cfg.frames, deadline=deadline)
-            _fill(views, i, fv.as_columns())
+                    start, end, fps = int(batch["start_frame"][i]), int(batch["end_frame"][i]), float(batch["fps"][i])
+                meta, arrays = run_isolated(
+                    "views", {"path": path, "media_type": media, "start": start, "end": end, "fps": fps,
+                              "coded_wh": list(coded), "rotation": rot, "frames": frames_cfg,
+                              "max_pixels": cfg.limits.max_pixels, "deadline_s": budget},
+                    timeout_s=budget, max_pixels=cfg.limits.max_pixels)
+            _fill(views, i, {**arrays, "motion_fps": float(meta["motion_fps"])})
+        except DecoderError as exc:
+            status[i] = "failed"
+            error[i] = f"decode: {exc.describe()}"
+            _fill(views, i, empty)
         except Exception as exc:  # noqa: BLE001 - one bad clip must not sink the batch
             status[i] = "failed"
             error[i] = f"decode: {type(exc).__name__}: {exc}"

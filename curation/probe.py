@@ -9,6 +9,7 @@ import av
 from PIL import Image
 
 from curation.config import LimitsConfig
+from curation.limits import MAX_FPS, MIN_FPS
 from curation.sources import sniff_media_type
 
 
@@ -52,17 +53,43 @@ def _probe_image(path: str, limits: LimitsConfig) -> ProbeInfo:
             # is refused here at no cost.
             w, h = im.size
             fmt = (im.format or "image").lower()
+            _check_size(w, h, limits)
+            orientation = _exif_orientation(im)
+    except ProbeError:
+        raise
     except Image.DecompressionBombError as exc:
         raise ProbeError(f"image refused as a decompression bomb: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
         raise ProbeError(f"not a readable image: {type(exc).__name__}: {exc}") from None
     _check_size(w, h, limits)
-    return ProbeInfo(media_type="image", width=w, height=h, codec=fmt, num_frames=1)
+    # EXIF orientation: width/height are of the displayed picture (frames.py applies the same transpose).
+    rotation = {3: 180, 6: 90, 8: 270}.get(orientation, 0)
+    if orientation in (5, 6, 7, 8):
+        w, h = h, w
+    return ProbeInfo(media_type="image", width=w, height=h, codec=fmt, num_frames=1, rotation=rotation)
+
+
+def _exif_orientation(im) -> int:
+    # Pillow's PNG getexif() decodes the whole image when the eXIf chunk is not before the pixels: never do that
+    # in a probe.
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1
+    try:
+        return int(im.getexif().get(0x0112) or 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block is no reason to refuse the picture
+        return 1
+
+
+def decoder_options(limits: LimitsConfig) -> dict[str, str]:
+    """FFmpeg options that make the decoder itself refuse a frame above `limits.max_pixels` (no allocation)."""
+    return {"max_pixels": str(int(limits.max_pixels))}
 
 
 def _probe_video(path: str, limits: LimitsConfig, sniffed: str | None) -> ProbeInfo:
     try:
-        container = av.open(path, mode="r", timeout=30.0)
+        # FFmpeg decodes a frame while finding stream parameters; `max_pixels` stops that decode before it
+        # allocates a frame of absurd size (a 12000x12000 SPS would otherwise cost ~450 MB here).
+        container = av.open(path, mode="r", timeout=30.0, options=decoder_options(limits))
     except Exception as exc:  # noqa: BLE001 - PyAV raises FFmpeg errors of many types
         what = "not a readable video" if sniffed == "video" else "not a recognised image or video"
         raise ProbeError(f"{what}: {type(exc).__name__}: {exc}") from None
@@ -74,12 +101,15 @@ def _probe_video(path: str, limits: LimitsConfig, sniffed: str | None) -> ProbeI
         cc = stream.codec_context
         w, h = int(cc.width or 0), int(cc.height or 0)
         if w <= 0 or h <= 0:
-            raise ProbeError(f"video stream has no valid size ({w}x{h})")
+            raise ProbeError(f"video stream has no valid size ({w}x{h}): its header is missing, damaged or declares "
+                             "dimensions the decoder refuses")
         _check_size(w, h, limits)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else None
-        if not fps or fps <= 0 or fps > 1000:
-            raise ProbeError(f"video has no usable frame rate ({fps})")
+        if not fps or fps < MIN_FPS or fps > MAX_FPS:
+            shown = "none" if fps is None else f"{fps:.4g} fps"
+            raise ProbeError(f"video has no usable frame rate ({shown}; usable: {MIN_FPS:g}..{MAX_FPS:g} fps): the "
+                             "container's timing is missing, zero or absurd")
         duration = None
         if stream.duration is not None and stream.time_base is not None:
             duration = float(stream.duration * Fraction(stream.time_base))
@@ -88,30 +118,33 @@ def _probe_video(path: str, limits: LimitsConfig, sniffed: str | None) -> ProbeI
         if duration is not None and duration > limits.max_duration_s:
             raise ProbeError(f"video too long: {duration:.0f} s > limits.max_duration_s={limits.max_duration_s:.0f}")
         frames = int(stream.frames) if stream.frames else (round(duration * fps) if duration else None)
-        rotation = _rotation(stream)
+        rotation = _first_frame_rotation(container, stream, limits)
         if rotation in (90, 270):
             w, h = h, w
         return ProbeInfo(media_type="video", width=w, height=h, codec=cc.name, fps=fps, num_frames=frames,
                          duration_s=duration, rotation=rotation)
 
 
-def _rotation(stream) -> int:
-    """Display rotation in degrees clockwise (0, 90, 180, 270) from the stream's display matrix or metadata."""
-    rot = None
+def rotation_cw(frame) -> int:
+    """Display rotation of a decoded PyAV frame in degrees clockwise (0, 90, 180, 270).
+
+    PyAV reports the display matrix's angle counter-clockwise (a phone's portrait video says -90); the picture is
+    shown turned the other way, so clockwise = -angle.
+    """
+    angle = int(round(float(getattr(frame, "rotation", 0) or 0)))
+    return int(round(((-angle) % 360) / 90.0)) % 4 * 90
+
+
+def _first_frame_rotation(container, stream, limits: LimitsConfig) -> int:
+    # PyAV exposes the display matrix on decoded frames only: decode the first one (cheap, and the size is
+    # already known to be within limits). A stream whose first frame does not decode is left to the split pass.
     try:
-        md = stream.metadata or {}
-        if "rotate" in md:
-            rot = -int(float(md["rotate"]))
-    except (TypeError, ValueError):
-        rot = None
-    if rot is None:
-        try:
-            for sd in getattr(stream, "side_data", {}) or {}:
-                if "DISPLAYMATRIX" in str(sd).upper():
-                    rot = int(round(float(stream.side_data[sd])))
-        except Exception:  # noqa: BLE001 - side data API differs across PyAV versions
-            rot = None
-    return (-(rot or 0)) % 360 if rot is not None else 0
+        stream.codec_context.options = decoder_options(limits)
+        for frame in container.decode(stream):
+            return rotation_cw(frame)
+    except Exception:  # noqa: BLE001 - damage here is reported by the split pass, which decodes every frame
+        return 0
+    return 0
 
 
 def _check_size(w: int, h: int, limits: LimitsConfig) -> None:

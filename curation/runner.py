@@ -31,6 +31,11 @@ def init_ray(address: str | None = None) -> None:
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()
+    # Reliability (README, "Reliability"): a block whose task raised must fail the run, never be dropped, or rows
+    # would vanish without a trace (per-file errors are caught inside the tasks and become `failed` rows).
+    # Lost workers and nodes are Ray's job: Ray Data runs map tasks with max_retries=-1 (retried on worker/node
+    # death, with lineage reconstruction of lost blocks) and actor pools with max_restarts=-1, max_task_retries=-1.
+    ctx.max_errored_blocks = 0
 
 
 def format_counts(summary: dict) -> str:

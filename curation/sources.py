@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -14,6 +15,10 @@ from pathlib import Path
 import fsspec
 
 HEADER_BYTES = 64
+
+
+class SourceError(Exception):
+    """A source that cannot be read as a file at all (not a regular file, a name that is not UTF-8)."""
 
 
 def is_remote(uri: str) -> bool:
@@ -87,32 +92,85 @@ def _list_local(path: str, exts: tuple[str, ...], listing: Listing) -> None:
     p = Path(path)
     if not p.exists() and not p.is_symlink():
         raise FileNotFoundError(f"input not found: {path}")
-    if p.is_file() or (p.is_symlink() and not p.is_dir()):
-        listing.uris.append(str(p.absolute()))
+    if p.is_file() or (p.is_symlink() and not p.is_dir()) or (p.exists() and not p.is_dir()):
+        full = str(p.absolute())
+        listing.uris.append(escape_name(full) if _has_surrogates(full) else full)
         return
     # os.walk with followlinks=False cannot loop on a symlink cycle; symlinked files are still listed and fail
-    # or succeed on their own when opened.
+    # or succeed on their own when opened. Hidden entries are reported in `skipped`.
     for root, dirs, files in os.walk(p, followlinks=False):
+        for d in dirs:
+            full = os.path.abspath(os.path.join(root, d))
+            if d.startswith("."):
+                listing.skipped[_printable(full)] = "hidden directory, not walked"
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
+            full = os.path.abspath(os.path.join(root, name))
             if name.startswith("."):
+                # Hidden files (.DS_Store, AppleDouble ._clip.mp4, editors' temp files) are not sources; they are
+                # reported, never silently dropped.
+                listing.skipped[_printable(full)] = "hidden file (name starts with '.')"
                 continue
-            full = os.path.join(root, name)
-            _consider(os.path.abspath(full), name, exts, listing, _read_local_header)
+            if _has_surrogates(full):
+                # A name that is not valid UTF-8 cannot be stored in Arrow/Parquet as it is: list it under an
+                # escaped spelling, so it still becomes a row (failed, with the reason) instead of crashing the run.
+                listing.uris.append(escape_name(full))
+                continue
+            _consider(full, name, exts, listing, _read_local_header)
 
 
 def _list_remote(uri: str, exts: tuple[str, ...], listing: Listing) -> None:
     fs, root = fsspec.core.url_to_fs(uri)
-    protocol = uri.split("://", 1)[0]
     if fs.isfile(root):
         listing.uris.append(uri)
         return
     for path in sorted(fs.find(root)):
         name = path.rsplit("/", 1)[-1]
         if name.startswith("."):
+            listing.skipped[fs.unstrip_protocol(path)] = "hidden file (name starts with '.')"
             continue
-        full = f"{protocol}://{path}"
+        full = fs.unstrip_protocol(path)
         _consider(full, name, exts, listing, _read_remote_header)
+
+
+def _has_surrogates(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _printable(path: str) -> str:
+    return escape_name(path) if _has_surrogates(path) else path
+
+
+def escape_name(path: str) -> str:
+    """A file name with non-UTF-8 bytes, spelt with backslash escapes (b'a\\xff' -> 'a\\\\xff')."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _unescape_name(uri: str) -> str:
+    return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(0xDC00 + int(m.group(1), 16)), uri)
+
+
+def check_source(uri: str) -> None:
+    """Refuse, before anything opens it, a local source that is not a regular file (a FIFO would block the reader
+    forever, a device never ends) or whose name is not valid UTF-8. Raise SourceError, OSError or nothing."""
+    if is_remote(uri):
+        return
+    path = local_path(uri)
+    if not os.path.lexists(path):
+        raw = _unescape_name(path)
+        if raw != path and os.path.lexists(raw):
+            raise SourceError("file name is not valid UTF-8 (shown with \\x escapes); rename the file: a manifest "
+                              "cannot store its name, so no reader could open it from there")
+    st = os.stat(path)  # follows symlinks: raises on loops (ELOOP) and dangling links (ENOENT)
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "character device" if stat.S_ISCHR(st.st_mode)
+                else "block device" if stat.S_ISBLK(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode)
+                else "directory" if stat.S_ISDIR(st.st_mode) else "special file")
+        raise SourceError(f"not a regular file: {kind}")
 
 
 def _consider(uri: str, name: str, exts: tuple[str, ...], listing: Listing, read_header) -> None:

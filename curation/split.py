@@ -12,6 +12,7 @@ from scenedetect.common import FrameTimecode
 from scenedetect.detectors import AdaptiveDetector, ContentDetector
 
 from curation.config import SplitConfig
+from curation.probe import rotation_cw
 
 
 class DecodeTimeout(Exception):
@@ -20,7 +21,8 @@ class DecodeTimeout(Exception):
 
 @dataclass
 class SplitResult:
-    """Clips as [start, end) frame ranges, the true decoded frame count, and the rotation seen on the frames."""
+    """Clips as [start, end) frame ranges, the true decoded frame count, and the clockwise display rotation seen
+    on the first decoded frame."""
 
     clips: list[tuple[int, int]]
     num_frames: int
@@ -46,11 +48,13 @@ def analysis_size(width: int, height: int, target_width: int) -> tuple[int, int]
 
 
 def detect_scenes(path: str, fps: float, coded_wh: tuple[int, int], cfg: SplitConfig,
-                  deadline: float | None = None) -> SplitResult:
+                  deadline: float | None = None, max_pixels: int | None = None) -> SplitResult:
     """Decode every frame at low resolution, feed PySceneDetect, and return the cut frame indices.
 
     Frame indices are counted in decode order, which is presentation order for the frames FFmpeg returns; the count
     is the true number of decodable frames (container headers are often wrong, truncated files always are).
+    `deadline` (time.monotonic()) is checked every 32 frames; `max_pixels` makes FFmpeg refuse, without allocating,
+    a frame larger than the probe allowed (a stream may change resolution mid-way).
     """
     w, h = analysis_size(coded_wh[0], coded_wh[1], cfg.analysis_width)
     detector = _detector(cfg, fps) if cfg.detector != "none" else None
@@ -61,12 +65,15 @@ def detect_scenes(path: str, fps: float, coded_wh: tuple[int, int], cfg: SplitCo
     with av.open(path, mode="r", timeout=30.0) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        if max_pixels:
+            stream.codec_context.options = {"max_pixels": str(int(max_pixels))}
         try:
             for frame in container.decode(stream):
                 if deadline is not None and (n & 31) == 0 and time.monotonic() > deadline:
-                    raise DecodeTimeout(f"decoding exceeded the per-file time limit after {n} frames")
+                    raise DecodeTimeout(f"decoding exceeded the per-file time limit (limits.decode_timeout_s) "
+                                        f"after {n} frames")
                 if n == 0:
-                    rotation = int(getattr(frame, "rotation", 0) or 0) % 360
+                    rotation = rotation_cw(frame)
                 if detector is not None:
                     img = frame.to_ndarray(width=w, height=h, format="bgr24")
                     for tc in detector.process_frame(FrameTimecode(n, fps), img):
@@ -100,8 +107,8 @@ def clips_from_cuts(num_frames: int, cuts: list[int], fps: float, max_clip_s: fl
 
 
 def split_video(path: str, fps: float, coded_wh: tuple[int, int], cfg: SplitConfig,
-                deadline: float | None = None) -> SplitResult:
+                deadline: float | None = None, max_pixels: int | None = None) -> SplitResult:
     """Detect scenes and turn them into clips."""
-    result = detect_scenes(path, fps, coded_wh, cfg, deadline=deadline)
+    result = detect_scenes(path, fps, coded_wh, cfg, deadline=deadline, max_pixels=max_pixels)
     result.clips = clips_from_cuts(result.num_frames, result.cuts, fps, cfg.max_clip_s)
     return result
