@@ -216,6 +216,13 @@ def inject(fault: str, monitor: ProcessMonitor, count: int, stop: threading.Even
         stop.wait(1.5)
 
 
+def _title(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def _role(p: psutil.Process) -> str:
     try:
         return role_of(p.cmdline())
@@ -678,18 +685,25 @@ def scenario_node_loss(work: Path, inputs: list[Path], config: Path, after_parts
         with ProcessMonitor(cluster.cluster_pids) as mon:
             sub = cluster.submit(entry)
             deadline, checked = time.time() + 600, time.time()
-            busy: list[int] = []
+            busy: list[str] = []
+            running_before: set[int] = set()
             while time.time() < deadline:
-                # Strike once rows are streaming out and node b is in the middle of decoding a file.
+                # Strike once rows are streaming out and node b is in the middle of a task: a Ray worker's title
+                # names the task it runs (`ray::IDLE` otherwise); seen on two polls in a row, so that it is not a
+                # task finishing this instant.
                 if len(part_files(out / "samples")) >= after_parts:
-                    busy = [p.pid for p in cluster.node_processes("b") if _role(p) == "decoder"]
-                    if busy:
+                    running = {p.pid for p in cluster.node_processes("b")
+                               if _title(p).startswith("ray::MapBatches")}
+                    if running & running_before:
+                        busy = sorted(_title(psutil.Process(pid))[:60] for pid in running & running_before
+                                      if psutil.pid_exists(pid))
                         break
+                    running_before = running
                 if time.time() - checked > 10:
                     checked = time.time()
                     if cluster.job_status(sub) in ("FAILED", "STOPPED", "SUCCEEDED"):
                         break
-                time.sleep(0.1)
+                time.sleep(0.15)
             parts_at_kill = len(part_files(out / "samples"))
             killed = cluster.kill_node("b")
             status = cluster.wait_job(sub, timeout_s=420)
@@ -702,7 +716,7 @@ def scenario_node_loss(work: Path, inputs: list[Path], config: Path, after_parts
     return {
         "killed_processes": killed,
         "parts_written_before_kill": parts_at_kill,
-        "decoders_busy_on_lost_node": len(busy),
+        "tasks_running_on_lost_node": busy,
         "retried_tasks": retried,
         "state_api_error": state_error,
         "job_status": status,
@@ -804,8 +818,8 @@ def render(results: dict) -> str:
     n = results.get("node_loss")
     if n is not None:
         rows.append(("SIGKILL every process of worker node b (2 of 4 CPUs) mid-job, under `ray job submit`",
-                     f"job {n['job_status']}; {n['killed_processes']} processes killed with "
-                     f"{n['decoders_busy_on_lost_node']} file(s) mid-decode; Ray retried task attempts "
+                     f"job {n['job_status']}; {n['killed_processes']} processes killed while running "
+                     f"{len(n['tasks_running_on_lost_node'])} task(s); Ray retried task attempts "
                      f"{sum(n['retried_tasks'].values())}; duplicates {n['audit']['duplicate_sample_ids']}",
                      _lost(n["audit"]), n["sources_recomputed"], _peak(n)))
     out = ["| fault injected | what happened | rows lost | sources recomputed | peak RSS per process (MiB) |",

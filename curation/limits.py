@@ -9,12 +9,13 @@ bytes a source holds. Three failure modes cannot be handled inside the Ray worke
 - a decoder that allocates without limit takes the whole node's memory (and Ray's OOM killer then picks victims).
 
 So each Ray worker keeps one long-lived helper process (`python -m curation.limits --serve`) and sends it one
-request per source or clip: the worker waits at most `limits.decode_timeout_s` (+ a small grace) and then kills it;
-if it dies (signal, or the memory cap) the request fails with that cause and the next request starts a new one.
-The helper runs with `RLIMIT_DATA` (heap + anonymous mappings) capped at `decoder_memory_bytes()`, so an allocation
-beyond the cap fails inside the decoder (MemoryError / ENOMEM) instead of growing. The cost is one process start
-per worker (~1-3 s, imports) and a copy of the decoded views through a pipe (a few MB per clip); see
-bench/BENCHMARKS_reliability.md for the measured overhead.
+request per source or clip. The worker waits at most `limits.decode_timeout_s` (+ a small grace), then kills the
+helper and fails that row (`DecodeTimeout`). A helper that dies mid-request is replaced and the request retried once
+(the OOM killer may have picked a healthy decoder); a second death fails the row (`DecoderCrashed`). The helper runs
+with `RLIMIT_DATA` (heap + anonymous mappings) capped at `decoder_memory_bytes()`, so an allocation beyond the cap
+fails inside the decoder (`MemoryError`) instead of growing. The cost is one process start per worker (~1 s of
+imports) and the decoded views crossing a pipe (~3 ms for a clip's ~4 MB); bench/BENCHMARKS_reliability.md has the
+measurements.
 
 Nothing from the helper is unpickled: replies are a JSON header plus raw array bytes with whitelisted dtypes, so a
 decoder compromised by a crafted file cannot run code in the worker through the reply channel.
@@ -53,7 +54,7 @@ MAX_VIEW_ASPECT = 8
 # The worker waits this long past the per-file deadline for the helper's own (cooperative) timeout before killing.
 KILL_GRACE_S = 5.0
 # Starting the helper (imports) is not charged to any file's deadline, but it must not hang either.
-START_TIMEOUT_S = 120.0
+START_TIMEOUT_S = 60.0
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +272,10 @@ class DecoderProcess:
                                                 "the decoder process was killed") from None
         except _Died:
             raise _Died(self._died()) from None
+        except (DecoderError, ValueError, TypeError, KeyError) as exc:
+            # A reply that does not parse: the helper's state is unknown, so it goes.
+            self.kill()
+            raise DecoderError("DecoderProtocolError", f"unreadable reply from the decoder ({op}): {exc}") from None
 
     def call(self, op: str, args: dict, timeout_s: float) -> tuple[dict, dict[str, np.ndarray]]:
         """Run `op` in the helper; raise DecoderError on failure, timeout (helper killed) or crash.
