@@ -330,6 +330,19 @@ def source_attempts(log_dir: Path) -> dict[str, int]:
     return out
 
 
+def _pid_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["pid"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _lines_from(log_dir: Path, pids: set[int]) -> int:
+    """Source starts logged by these processes."""
+    return sum(1 for f in Path(log_dir).glob("*.jsonl") for line in f.read_text(encoding="utf-8").splitlines()
+               if _pid_of(line) in pids)
+
+
 def recomputed(attempts: dict[str, int]) -> int:
     """Extra starts beyond the first, summed over sources."""
     return sum(n - 1 for n in attempts.values() if n > 1)
@@ -692,9 +705,11 @@ def scenario_node_loss(work: Path, inputs: list[Path], config: Path, after_parts
                 # names the task it runs (`ray::IDLE` otherwise); seen on two polls in a row, so that it is not a
                 # task finishing this instant.
                 if len(part_files(out / "samples")) >= after_parts:
-                    running = {p.pid for p in cluster.node_processes("b")
-                               if _title(p).startswith("ray::MapBatches")}
-                    if running & running_before:
+                    procs = cluster.node_processes("b")
+                    running = {p.pid for p in procs if _title(p).startswith("ray::MapBatches")}
+                    # ... and past its start-up: node b's workers have begun sources (not just imported code).
+                    started = _lines_from(logs, {p.pid for p in procs})
+                    if running & running_before and started:
                         busy = sorted(_title(psutil.Process(pid))[:60] for pid in running & running_before
                                       if psutil.pid_exists(pid))
                         break
@@ -705,6 +720,8 @@ def scenario_node_loss(work: Path, inputs: list[Path], config: Path, after_parts
                         break
                 time.sleep(0.15)
             parts_at_kill = len(part_files(out / "samples"))
+            lost = {p.pid: _title(p)[:50] for p in cluster.node_processes("b")}
+            lost_pids = set(lost)
             killed = cluster.kill_node("b")
             status = cluster.wait_job(sub, timeout_s=420)
         job_log = cluster.job_logs(sub)
@@ -717,10 +734,13 @@ def scenario_node_loss(work: Path, inputs: list[Path], config: Path, after_parts
         "killed_processes": killed,
         "parts_written_before_kill": parts_at_kill,
         "tasks_running_on_lost_node": busy,
+        "lost_node_processes": lost,
         "retried_tasks": retried,
         "state_api_error": state_error,
         "job_status": status,
         "sources_recomputed": recomputed(source_attempts(logs)),
+        # Work the lost node had done or was doing (its workers' lines in the source log).
+        "sources_started_on_lost_node": _lines_from(logs, lost_pids),
         "summary": {k: run[k] for k in ("sources_listed", "sources_processed", "rows_written_this_run", "counts")},
         "peak_rss_mb": mon.peaks_mb(),
         "top_processes": mon.top(),

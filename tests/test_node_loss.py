@@ -38,6 +38,9 @@ def test_job_survives_losing_a_worker_node(sample_dir, labels, tmp_path):
     assert a["duplicate_sample_ids"] == 0 and a["incomplete_sources"] == 0
     assert a["sources"] == total
     assert rep["summary"]["sources_processed"] == total
-    # What the lost node was doing was done again elsewhere (and only that).
-    assert 1 <= rep["sources_recomputed"] < total
-    assert sum(rep["retried_tasks"].values()) >= 1, rep.get("state_api_error")
+    # The lost node had been doing real work. What it was in the middle of is redone elsewhere, and only that:
+    # its 2 CPUs run at most 2 tasks of one source each. (0 happens too: when the task was already past its last
+    # output, Ray has nothing to redo.)
+    assert rep["sources_started_on_lost_node"] >= 1
+    assert rep["sources_recomputed"] <= 2, rep
+    assert rep["state_api_error"] is None
