@@ -5,6 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SAMPLES := data/samples
 DEMO_OUT := out/demo
+# The demo's quality scorer: trained by `curation scorer demo` on a second sample set (seed 1) with proxy labels
+# from the generator's ground truth (no people labelled anything; see README "Expert quality scorer").
+DEMO_MODELS := out/demo_models
+DEMO_SCORER := $(DEMO_MODELS)/quality-scorer/quality_scorer.safetensors
 CJK_FONT := /usr/share/fonts/truetype/wqy/wqy-microhei.ttc
 
 .PHONY: setup demo test test-fast clean
@@ -26,8 +30,11 @@ $(CJK_FONT):
 $(SAMPLES)/labels.parquet: | setup
 	$(BIN)/curation samples make $(SAMPLES) --seed 0
 
-demo: setup $(SAMPLES)/labels.parquet
-	$(BIN)/python pipelines/pretrain_mix.py --config pipelines/configs/demo.yaml --input $(SAMPLES) --output $(DEMO_OUT)
+$(DEMO_SCORER): | setup
+	$(BIN)/curation scorer demo --model-dir $(DEMO_MODELS) --work out/demo_scorer
+
+demo: setup $(SAMPLES)/labels.parquet $(DEMO_SCORER)
+	CURATION_MODEL_DIR=$(DEMO_MODELS) $(BIN)/python pipelines/pretrain_mix.py --config pipelines/configs/demo.yaml --input $(SAMPLES) --output $(DEMO_OUT)
 	@echo "manifests: $(DEMO_OUT)/samples  (pd.read_parquet('$(DEMO_OUT)/samples'))"
 
 test: setup

@@ -279,7 +279,7 @@ def main() -> None:
         op.setup()
         op._ready = True
         for b in batches:
-            op.backbone.batch_images = b
+            op.backbone.set_batch_images(b)
             t_compile = time.perf_counter()
             fwd = time_forward(op.backbone, b, args.iters, args.warmup)
             t_compile = time.perf_counter() - t_compile

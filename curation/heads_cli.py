@@ -148,6 +148,13 @@ def add_scorer_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     x.add_argument("--labels", required=True, type=Path, help="labels.parquet written by `curation samples make`")
     x.add_argument("--out", type=Path, default=None)
     x.set_defaults(func=run_scorer)
+    d = sub.add_parser("demo", help="DEMO ONLY: build a proxy-label scorer from a second sample set (another seed)")
+    d.add_argument("--model-dir", required=True, help="where the scorer goes (point CURATION_MODEL_DIR here)")
+    d.add_argument("--work", required=True, type=Path, help="scratch folder: sample set, run, annotations")
+    d.add_argument("--config", type=Path, default=Path(__file__).resolve().parent.parent / "pipelines" / "configs"
+                   / "demo.yaml")
+    d.add_argument("--seed", type=int, default=1, help="sample-set seed (use another than the demo's 0)")
+    d.set_defaults(func=run_scorer)
     return p
 
 
@@ -165,6 +172,11 @@ def run_scorer(args: argparse.Namespace) -> int:
     if args.scorer_cmd == "proxy-labels":
         out = proxy_annotations(args.manifest, args.labels, args.out)
         print(f"wrote {out} (proxy labels from the generator's ground truth, not human judgement)")
+        return 0
+    if args.scorer_cmd == "demo":
+        path, metrics = build_demo_scorer(args.model_dir, args.work, args.config, args.seed)
+        print(json.dumps({"saved": str(path), "labels": "proxy (sample generator ground truth)", **metrics},
+                         indent=1, default=str))
         return 0
     raise ValueError(args.scorer_cmd)
 
@@ -301,7 +313,9 @@ def proxy_annotations(manifest: Path, labels: Path, out: Path | None = None) -> 
         s = _TIER_SCORE.get(rec.get("expected_motion_tier"), 4)
         if rec.get("expected_status") == "rejected":
             s = min(s, 2)
-        if rec.get("has_watermark") or rec.get("subtitle_text"):
+        # (labels.parquet holds NaN, which is truthy, where a clip has no subtitle)
+        subtitle = rec.get("subtitle_text")
+        if rec.get("has_watermark") is True or (isinstance(subtitle, str) and subtitle.strip()):
             s -= 1
         scores.append(int(min(max(s, 1), 5)))
     ann = pd.DataFrame({"sample_id": df["sample_id"].to_numpy(), "source_uri": df["source_uri"].to_numpy(),
@@ -311,6 +325,37 @@ def proxy_annotations(manifest: Path, labels: Path, out: Path | None = None) -> 
     out.parent.mkdir(parents=True, exist_ok=True)
     ann.to_parquet(out, index=False)
     return out
+
+
+def build_demo_scorer(model_dir: str | os.PathLike, work: Path, config: Path, seed: int = 1
+                      ) -> tuple[Path, dict[str, Any]]:
+    """DEMO ONLY: the offline demo's quality scorer, made the way a user makes a real one but with proxy labels.
+
+    1. `curation samples make WORK/samples --seed SEED` (a different seed from the demo's sample set, so the demo
+       scores clips the scorer never saw);
+    2. run CONFIG over it into WORK/run (its `quality_scorer` finds no model yet and leaves `quality_score` null);
+    3. proxy labels from the generator's ground truth (`proxy_annotations`) in place of people's scores;
+    4. `curation scorer train` into MODEL_DIR/quality-scorer/.
+    Skips steps whose outputs exist. The labels encode the generator's intent, not a person's judgement: the scorer
+    shows the plumbing and learns the generator's notion of quality; it is no model of human preference.
+    """
+    import subprocess
+
+    from curation.samples import make_samples
+
+    work = Path(work)
+    samples, run = work / "samples", work / "run"
+    if not (samples / "labels.parquet").exists():
+        make_samples(samples, seed=seed)
+    if not (run / "run.json").exists():
+        env = {**os.environ, "CURATION_MODEL_DIR": str(Path(model_dir).resolve())}
+        cmd = [sys.executable, "-m", "curation.cli", "run", "--config", str(config), "--input", str(samples),
+               "--output", str(run)]
+        proc = subprocess.run(cmd, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"demo scorer: the feature run failed ({' '.join(cmd)}: exit {proc.returncode})")
+    ann = proxy_annotations(run, samples / "labels.parquet", work / "proxy_annotations.parquet")
+    return train_scorer(ann, run, None, str(model_dir))
 
 
 # -- curation models pull / check --------------------------------------------------------------------------------

@@ -134,15 +134,26 @@ class ClipBackbone:
         self.input_dtype = torch.bfloat16 if self.precision in ("bf16", "pure_bf16") else torch.float32
         compile_now = self.compile is True or (self.compile == "auto" and cuda)
         # dynamic=False: a new batch size gets its own static graph instead of slower shape-generic kernels.
+        # (CUDA graphs, torch's "reduce-overhead" mode, measured no faster here: 49.6% vs 50.0% of the ceiling.)
         self.visual = torch.compile(visual, dynamic=False) if compile_now else visual
         self.pad_batches = compile_now  # fixed input shapes → a fixed set of compiled graphs
-        self.small_batch = max(1, self.batch_images // 4)
+        self.set_batch_images(self.batch_images)
         self.mean = torch.tensor(OPENAI_MEAN, device=self.device) * 255.0
         self.std = torch.tensor(OPENAI_STD, device=self.device) * 255.0
         self._plans: dict[tuple[int, int], _Plan] = {}
         self._staging = [None, None]  # pinned host buffers, double-buffered
         self._staged = [None, None]  # events: the copy out of each buffer has finished
         self._copy_stream = torch.cuda.Stream(self.device) if cuda else None
+
+    def set_batch_images(self, n: int) -> None:
+        """Images per forward pass; the first chunk of a call (and the tail chunks) take half as many.
+
+        Why half: on an H100 the host side of a chunk (copying its frame windows into pinned memory, ~21 ms for
+        256 frames of 320x568, plus ~19 ms of CPU to launch a compiled ViT-L forward) must fit inside the GPU time
+        of the chunk before it. A quarter-size first chunk (64 frames, ~24 ms of GPU) left the GPU idle ~16 ms per
+        call; half-size (~49 ms) hides the next chunk's host work (bench/BENCHMARKS.md, embedding)."""
+        self.batch_images = int(n)
+        self.small_batch = max(1, self.batch_images // 2)
 
     def plan(self, h: int, w: int) -> _Plan:
         """The cached preprocessing plan for frames of shape (h, w)."""
@@ -227,7 +238,7 @@ class ClipBackbone:
         return list(np.split(emb, np.cumsum(counts)[:-1]))
 
     def _chunks(self, counts: list[int]) -> list[list[tuple[int, int, int]]]:
-        """Split rows' frames into (row, start, end) pieces per forward pass. The first chunk is a quarter of
+        """Split rows' frames into (row, start, end) pieces per forward pass. The first chunk is half of
         `batch_images` so the GPU starts after a short host copy; later copies hide behind earlier forwards."""
         total = sum(counts)
         caps = [self.small_batch] if total > self.batch_images else []
@@ -288,12 +299,13 @@ class ClipEmbedding(Operator):
     models: ClassVar[tuple[str, ...]] = ("clip-vit-l-14",)
     stateful: ClassVar[bool] = True
     # Fractional so that other GPU operators (captioner, NSFW) can share the card. Several replicas of *this* actor
-    # on one card measured slower than one (CUDA context time-slicing, bench/BENCHMARKS_embed.md): give the pool
+    # on one card measured slower than one (CUDA context time-slicing, bench/BENCHMARKS.md): give the pool
     # one actor per GPU (`concurrency` = number of GPUs); the pipelined chunks already overlap copies and compute.
     default_resources: ClassVar[Resources] = Resources(num_cpus=1, num_gpus=0.25)
-    # 72 rows × K=8 frames = 576 images = one 64-image chunk (short host copy before the GPU starts) + two
-    # 256-image chunks whose copies hide behind the previous forward; no padding for the compiled shapes.
-    default_batch_size: ClassVar[int] = 72
+    # 144 rows × K=8 frames = 1,152 images = one 128-image chunk (short host copy before the GPU starts) + four
+    # 256-image chunks whose copies hide behind the previous forward; no padding for the compiled shapes, and the
+    # GPU's idle time between two calls (results back, next batch's first copy) spread over more images.
+    default_batch_size: ClassVar[int] = 144
     params: ClassVar[dict[str, Any]] = {
         "arch": "ViT-L-14",
         "weights": "clip-vit-l-14",  # registry key or a file path; null = random weights (tests/benchmarks only)
@@ -303,7 +315,7 @@ class ClipEmbedding(Operator):
         "aesthetic_reduce": "mean",
         "batch_images": 256,
         # "bf16": open_clip's mixed precision (bf16 weights, fp32 LayerNorm) — measured 1.4× the throughput of
-        # "autocast" (fp32 weights under torch.autocast) on an H100, see bench/BENCHMARKS_embed.md; "pure_bf16"
+        # "autocast" (fp32 weights under torch.autocast) on an H100, see bench/BENCHMARKS.md; "pure_bf16"
         # also casts LayerNorm; "fp32". CPU always runs fp32.
         "precision": "bf16",
         "channels_last": True,

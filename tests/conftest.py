@@ -44,9 +44,23 @@ def labels(sample_dir) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="session")
-def demo_output(sample_dir, tmp_path_factory):
-    """One run of the demo config over the sample set: (output dir, completed process)."""
+def demo_models(tmp_path_factory) -> Path:
+    """A model dir holding the demo's quality scorer, built as `make demo` builds it (`curation scorer demo`:
+    proxy labels on a seed-1 sample set, so the demo's seed-0 clips are unseen)."""
+    models = tmp_path_factory.mktemp("demo_models")
+    work = tmp_path_factory.mktemp("demo_scorer")
+    proc = subprocess.run([sys.executable, "-m", "curation.cli", "scorer", "demo", "--model-dir", str(models),
+                           "--work", str(work)], capture_output=True, text=True, timeout=900, cwd=ROOT,
+                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert (models / "quality-scorer" / "quality_scorer.safetensors").exists()
+    return models
+
+
+@pytest.fixture(scope="session")
+def demo_output(sample_dir, demo_models, tmp_path_factory):
+    """One run of the demo config over the sample set, as `make demo` runs it: (output dir, completed process)."""
     out = tmp_path_factory.mktemp("demo_out")
-    proc = run_pipeline_cli(sample_dir, out)
+    proc = run_pipeline_cli(sample_dir, out, env={"CURATION_MODEL_DIR": str(demo_models)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out, proc

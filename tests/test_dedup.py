@@ -13,7 +13,7 @@ from curation.dedup import DedupConfig, find_duplicates, hamming, phash64
 from operators.embedding import ClassicalDescriptor, PerceptualHash
 
 # Offline-descriptor threshold: measured on these clips, re-encodes sit at ~0.99, 10% crops at ~0.95, different
-# photos at ≤ 0.71 (see bench/BENCHMARKS_embed.md); CLIP embeddings use the default 0.95.
+# photos at ≤ 0.71 (see bench/BENCHMARKS.md); CLIP embeddings use the default 0.95.
 DESCRIPTOR_CFG = DedupConfig(cos_threshold=0.93, hamming_threshold=8)
 
 

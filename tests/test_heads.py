@@ -165,8 +165,9 @@ def test_chunked_pipelined_embedding_matches_one_pass():
               for k, (h, w) in [(8, (320, 568)), (3, (568, 320)), (1, (300, 400)), (8, (320, 568))]]
     with torch.no_grad():
         ref = [bb.visual(bb.preprocess(f)).numpy() for f in frames]
-    for batch_images, pad in ((5, False), (5, True), (8, False), (256, True)):
-        bb.batch_images, bb.small_batch, bb.pad_batches = batch_images, max(1, batch_images // 4), pad
+    for batch_images, pad in ((5, False), (5, True), (8, False), (6, True), (256, True)):
+        bb.set_batch_images(batch_images)
+        bb.pad_batches = pad
         chunks = bb._chunks([len(f) for f in frames])
         assert sum(b - a for c in chunks for _, a, b in c) == 20
         if pad:  # a compiled tower only ever sees two batch shapes
