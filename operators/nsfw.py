@@ -10,7 +10,15 @@ most confident exposed detection; NMS cannot change a maximum, and NudeNet's 0.2
 score stays continuous). No exposed anchor anywhere: 0.0.
 
 Per clip: the **max** over `num_frames` frames spread evenly over the K uniform frames (first and last included):
-one explicit frame is enough to reject a clip. Frames go through the network in one batch.
+one explicit frame is enough to reject a clip. A chosen frame that shows the same picture as an earlier chosen one
+(`operators.ocr.same_picture`: no 8x8 square differs by more than `same_picture_diff` grey levels on average, i.e. a
+still shot) would get the same score, so it is not run again. The other frames go through the network in one batch.
+
+What runs: only the class branch of the network. The score needs the class confidences alone, so at load time the
+graph is cut down to the backbone, neck and the three class heads (`cv3.*`); the box-regression heads (`cv2.*`) and
+the DFL box decoding, ~25 % of the CPU time, are dropped, and the class logits of the three levels are concatenated
+and passed through the sigmoid in NumPy (the same numbers as the full graph's class rows, to ~1e-7). If the graph is
+not laid out as expected, the full graph runs instead. `NudeNetSession.raw` still gives the full graph's output.
 
 Input: the network gets the channel order NudeNet's own `detect(path)` gives it (B, G, R planes; see `raw`).
 NudeNet letterboxes to a 320x320 square. We letterbox to 320 on the long side and pad the short side only up to
@@ -20,6 +28,7 @@ at the same scale. `tests/test_op_nsfw.py` checks that this matches `NudeDetecto
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 import cv2
@@ -27,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.operator import Operator, OperatorConfigError, Resources
+from operators.ocr import same_as_earlier
 
 # Class order of NudeNet 3.4's 320n.onnx output (nudenet/nudenet.py `__labels`).
 NUDENET_LABELS = (
@@ -38,6 +48,8 @@ NUDENET_LABELS = (
 EXPOSED_CLASSES = ("FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "BUTTOCKS_EXPOSED",
                    "ANUS_EXPOSED")
 EXPOSED_IDS = np.array([NUDENET_LABELS.index(c) for c in EXPOSED_CLASSES])
+
+log = logging.getLogger("curation.nsfw")
 
 
 def letterbox(rgb: np.ndarray, size: int = 320, stride: int = 32) -> np.ndarray:
@@ -76,33 +88,93 @@ def pick_frames(k: int, n: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, k - 1, n)})
 
 
+# -- cutting the ONNX graph down to the class heads -----------------------------------------------------------------
+
+
+def class_head_graph(model: bytes) -> tuple[bytes, list[str]]:
+    """The YOLOv8 graph cut down to what the class confidences need, with the per-level class logits (N, C, h, w) as
+    its outputs (and their names). The cut is `onnx.utils.Extractor` from the graph input to those tensors; they are
+    found by walking back from the graph's output, whose YOLOv8 export layout is
+    output0 = Concat(boxes, Sigmoid(Split(Concat(Reshape(Concat(box_i, cls_i)) for each level))[1]))."""
+    import onnx
+    import onnx.utils
+
+    m = onnx.load_from_string(model)
+    g = m.graph
+    producer = {o: n for n in g.node for o in n.output}
+
+    def node_of(tensor: str, op: str):
+        n = producer.get(tensor)
+        if n is None or n.op_type != op:
+            raise ValueError(f"{tensor!r} is not made by a {op} node")
+        return n
+
+    final = node_of(g.output[0].name, "Concat")
+    split = node_of(node_of(final.input[1], "Sigmoid").input[0], "Split")
+    levels = [node_of(node_of(r, "Reshape").input[0], "Concat") for r in node_of(split.input[0], "Concat").input]
+    heads = [lvl.input[1] for lvl in levels]
+    initializers = {i.name for i in g.initializer}
+    inputs = [i.name for i in g.input if i.name not in initializers]
+    cut = onnx.utils.Extractor(m).extract_model(inputs, heads)
+    return cut.SerializeToString(), heads
+
+
 class NudeNetSession:
-    """The NudeNet ONNX detector, loaded once."""
+    """The NudeNet ONNX detector, loaded once (its class branch; the full graph only if `raw` is asked for)."""
 
     def __init__(self, model_path: str, threads: int = 1, size: int = 320):
+        self.model_path = model_path
+        self.threads = threads
+        self.size = size
+        self._full = None
+        with open(model_path, "rb") as fh:
+            model = fh.read()
+        try:
+            cut, self.heads = class_head_graph(model)
+            self.session = self._session(cut)
+        except Exception as exc:  # not the layout we know: run the full graph and take its class rows
+            log.warning("NudeNet graph %s: class-branch cut failed (%s); running the full graph", model_path, exc)
+            self.heads = []
+            self.session = self._full = self._session(model)
+        self.input = self.session.get_inputs()[0].name
+
+    def _session(self, model: bytes):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
-        self.size = size
+        return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
-    def raw(self, frames_rgb: list[np.ndarray]) -> np.ndarray:
-        """Raw (N, 22, A) outputs for same-sized RGB frames, in one batch."""
+    def _batch(self, frames_rgb: list[np.ndarray]) -> np.ndarray:
         # NudeNet 3.4's own path (cv2.imread -> cvtColor(RGBA2BGR) on 3 channels, which swaps R and B -> blob with
         # swapRB) hands the network B,G,R planes. Feed the same order so scores match `NudeDetector.detect(path)`.
-        batch = np.stack([letterbox(np.ascontiguousarray(f[..., ::-1]), self.size) for f in frames_rgb])
-        return self.session.run(None, {self.input: batch})[0]
+        return np.stack([letterbox(np.ascontiguousarray(f[..., ::-1]), self.size) for f in frames_rgb])
 
-    def clip_score(self, frames: np.ndarray, num_frames: int) -> float:
-        """`nsfw_score` of one clip (max over the chosen frames)."""
+    def raw(self, frames_rgb: list[np.ndarray]) -> np.ndarray:
+        """Raw (N, 4 + C, A) outputs of the full graph for same-sized RGB frames, in one batch."""
+        if self._full is None:
+            with open(self.model_path, "rb") as fh:
+                self._full = self._session(fh.read())
+        return self._full.run(None, {self.input: self._batch(frames_rgb)})[0]
+
+    def scores(self, frames_rgb: list[np.ndarray]) -> np.ndarray:
+        """(N, A, C) class confidences of same-sized RGB frames, in one batch (anchors in the full graph's order)."""
+        if not self.heads:
+            return class_scores(self.raw(frames_rgb))
+        logits = self.session.run(self.heads, {self.input: self._batch(frames_rgb)})
+        n = logits[0].shape[0]
+        z = np.concatenate([x.reshape(n, x.shape[1], -1) for x in logits], axis=2)
+        return np.transpose(1.0 / (1.0 + np.exp(-z)), (0, 2, 1))
+
+    def clip_score(self, frames: np.ndarray, num_frames: int, same_picture_diff: float = 6.0) -> float:
+        """`nsfw_score` of one clip (max over the chosen frames; a repeat of an earlier chosen picture is skipped)."""
         frames = np.asarray(frames)
         if frames.ndim == 3:
             frames = frames[None]
-        idx = pick_frames(len(frames), num_frames)
-        return exposed_score(class_scores(self.raw([frames[i] for i in idx])))
+        chosen = [frames[i] for i in pick_frames(len(frames), num_frames)]
+        alias = same_as_earlier(chosen, same_picture_diff)
+        return exposed_score(self.scores([f for f, a in zip(chosen, alias) if a is None]))
 
 
 class NudeNetNsfw(Operator):
@@ -117,6 +189,7 @@ class NudeNetNsfw(Operator):
     default_batch_size: ClassVar[int] = 8
     params: ClassVar[dict[str, Any]] = {
         "num_frames": 3,  # how many of the K uniform frames are scored
+        "same_picture_diff": 6.0,  # a chosen frame this close to an earlier one (8x8-square grey MAD) is not rerun
         "threads": 1,  # ONNX Runtime intra-op threads per actor: match num_cpus
     }
 
@@ -126,6 +199,9 @@ class NudeNetNsfw(Operator):
             v = self.config[key]
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise OperatorConfigError(f"operator 'nsfw': {key} must be an integer >= 1, got {v!r}")
+        v = self.config["same_picture_diff"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise OperatorConfigError(f"operator 'nsfw': same_picture_diff must be a number >= 0, got {v!r}")
 
     def __getstate__(self) -> dict:
         """Pickle without the loaded model: Ray ships the operator to workers, which load their own in setup()."""
@@ -143,4 +219,6 @@ class NudeNetNsfw(Operator):
         """Score one clip or image."""
         if getattr(self, "_session", None) is None:
             self.setup()
-        return {"nsfw_score": self._session.clip_score(row["frames"], int(self.config["num_frames"]))}
+        c = self.config
+        return {"nsfw_score": self._session.clip_score(row["frames"], int(c["num_frames"]),
+                                                       float(c["same_picture_diff"]))}

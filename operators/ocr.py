@@ -2,14 +2,28 @@
 
 What runs: the PP-OCRv4 text detector on `num_frames` of the K uniform frames (spread evenly, first and last
 included), then the PP-OCRv4 recogniser (Chinese + English in one model) on the detected boxes. The angle classifier
-is off: burnt-in video text is upright, and it would add a third model call per box. Detection runs at the frame's
-own size by default (`det_limit_side_len: 0`; frames are already ~320 px on the short side), where rapidocr's
-default would upscale them to 736 px for a 5x cost.
+is off: burnt-in video text is upright, and it would add a third model call per box. Detection runs on the whole
+frame at the frame's own size by default (`det_limit_side_len: 0`; frames are already ~320 px on the short side),
+where rapidocr's default would upscale them to 736 px for a 5x cost; its input is normalised in float32 (rapidocr
+does it in float64, ~10 % of the call). The recogniser gets the boxes still to be read (below) in batches of similar
+width (`OcrEngine.recognize`), since rapidocr pads a batch to its widest crop.
+
+A chosen frame that shows the same picture as an earlier chosen frame (`same_picture`: in every 8x8 square the mean
+absolute grey difference is at most `same_picture_diff`, 6 grey levels: a still shot passes, grain and re-encoding
+stay below ~3; a subtitle with one character changed does not) is neither detected nor read again: it gets that
+frame's boxes and readings, and counts with them in the per-clip aggregates below.
 
 Text seen again is not read again: a box that overlaps (IoU >= 0.8) a box already read in an earlier frame, and whose
 crop is the same picture (mean grey difference <= 3, i.e. text over a still background), reuses that reading. The
 bar is deliberately strict: over a moving background the same line and a line differing in two characters look
 equally alike by any cheap measure we tried (edge overlap 0.73-1.0 vs 0.77-0.97), so there every frame is read.
+
+Not done, measured in issue #3: detecting on a downscaled frame first and at full size only around what it finds.
+At half scale the detector misses 12-16 px lines (the subtitle size of 720p/1080p video in 320-px frames) and even
+a 26 px line over a busy background, and lowering its threshold does not help (the map stays below 1e-4 there); at
+0.75 it still misses small semi-transparent logo text. Detection on crops is not the same as on the whole frame
+either: the detector's squeeze-excitation blocks average over the whole input, so a crop can lose words the frame
+keeps.
 
 Columns:
 - `ocr_text`: the lines read, each frame's boxes grouped into lines top-to-bottom and ordered left-to-right within
@@ -113,11 +127,35 @@ def merge_lines(per_frame: list[list[str]], similar: float = 0.8) -> list[str]:
     return kept
 
 
+def same_picture(a: np.ndarray, b: np.ndarray, max_diff: float = 6.0, block: int = 8) -> bool:
+    """Whether two RGB frames show the same picture: same size, and in every `block` x `block` square the mean
+    absolute grey difference is at most `max_diff`. The test is local on purpose: sensor grain and re-encoding keep
+    every square of the sample set's still shots below ~3 grey levels, while one changed character of a subtitle
+    line (or a 2x2-px dot) lifts its squares far above 6, so a changed caption is never taken for the same picture."""
+    if a.shape != b.shape:
+        return False
+    ga = cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_RGB2GRAY)
+    gb = cv2.cvtColor(np.ascontiguousarray(b), cv2.COLOR_RGB2GRAY)
+    d = cv2.absdiff(ga, gb).astype(np.float32)
+    h, w = d.shape
+    squares = cv2.resize(d, (-(-w // block), -(-h // block)), interpolation=cv2.INTER_AREA)
+    return float(squares.max()) <= max_diff
+
+
+def same_as_earlier(frames: list[np.ndarray], max_diff: float) -> list[int | None]:
+    """Per frame, the index of the first earlier frame showing the same picture (`same_picture`), or None."""
+    alias: list[int | None] = []
+    for f, frame in enumerate(frames):
+        alias.append(next((g for g in range(f) if alias[g] is None and same_picture(frame, frames[g], max_diff)),
+                          None))
+    return alias
+
+
 class OcrEngine:
-    """PP-OCRv4 detection + recognition through rapidocr-onnxruntime, with reuse of readings across frames."""
+    """PP-OCRv4 detection + recognition through rapidocr-onnxruntime, with reuse of what was already seen."""
 
     def __init__(self, threads: int = 1, det_limit_side_len: int = 0, box_thresh: float = 0.5,
-                 text_score: float = 0.5, model_dir: str | None = None):
+                 text_score: float = 0.5, model_dir: str | None = None, same_picture_diff: float = 6.0):
         from rapidocr_onnxruntime import RapidOCR
 
         kwargs: dict[str, Any] = dict(
@@ -129,29 +167,72 @@ class OcrEngine:
             kwargs["rec_model_path"] = f"{model_dir}/models/ch_PP-OCRv4_rec_infer.onnx"
         self.engine = RapidOCR(**kwargs)
         self.text_score = text_score
+        self.same_picture_diff = same_picture_diff
+
+    def detect(self, bgr: np.ndarray) -> list[np.ndarray]:
+        """rapidocr's `text_det` on one BGR frame (its resize rule, DB post-processing and box filter), with the
+        input normalised in float32 instead of float64 (same values to ~1e-7; ~4 ms less per 272x480 frame)."""
+        det = self.engine.text_det
+        h, w = bgr.shape[:2]
+        img = det.get_preprocess(max(h, w)).resize(bgr)
+        if img is None:
+            return []
+        x = img.astype(np.float32)
+        x *= 1.0 / 127.5
+        x -= 1.0  # == (x / 255 - 0.5) / 0.5
+        prob = det.infer(np.ascontiguousarray(x.transpose(2, 0, 1))[None])[0]
+        boxes, _ = det.postprocess_op(prob, (h, w))
+        if len(boxes) == 0:
+            return []
+        return list(det.filter_tag_det_res(boxes, (h, w)))
+
+    def recognize(self, crops: list[np.ndarray], max_pad: float = 1.15) -> list[tuple[str, float]]:
+        """(text, score) per crop. rapidocr pads every crop of a batch to the batch's widest aspect ratio (at least
+        320 px wide at 48 px tall), so a short logo batched with a long subtitle line costs as much as the line: crops
+        go in batches of up to 6 whose widths stay within `max_pad` of each other instead (same readings; the six
+        crops of the `--hd` 1080p bench clip, a subtitle line and a logo on 3 frames, read in 0.30 s, not 0.77 s)."""
+        if not crops:
+            return []
+        rec = self.engine.text_rec
+        width = [max(c.shape[1] / max(c.shape[0], 1), 320 / 48) for c in crops]
+        order = sorted(range(len(crops)), key=lambda i: width[i])
+        out: list[tuple[str, float]] = [("", 0.0)] * len(crops)
+        group: list[int] = []
+        for i in order + [None]:
+            if group and (i is None or len(group) == 6 or width[i] > max_pad * width[group[0]]):
+                for j, r in zip(group, rec([crops[j] for j in group], False)[0]):
+                    out[j] = (r[0], float(r[1]))
+                group = []
+            if i is not None:
+                group.append(i)
+        return out
 
     def read_frames(self, frames_rgb: list[np.ndarray], reuse_iou: float = 0.8,
                     reuse_diff: float = 3.0) -> list[list[tuple[np.ndarray, str, float]]]:
         """Per frame, the (quad, text, score) readings that pass `text_score`."""
         eng = self.engine
+        # A frame showing the same picture as an earlier one is neither detected nor read: it gets that frame's
+        # readings.
+        alias = same_as_earlier(frames_rgb, self.same_picture_diff)
+        distinct = [f for f, a in enumerate(alias) if a is None]
         dets: list[list[np.ndarray]] = []
         crops: list[list[np.ndarray]] = []
-        for rgb in frames_rgb:
-            bgr = np.ascontiguousarray(rgb[..., ::-1])
-            boxes, _ = eng.text_det(bgr)
-            if boxes is None or len(boxes) == 0:
+        for f in distinct:
+            bgr = np.ascontiguousarray(frames_rgb[f][..., ::-1])
+            boxes = self.detect(bgr)
+            if not boxes:
                 dets.append([])
                 crops.append([])
                 continue
-            boxes = eng.sorted_boxes(boxes)
+            boxes = eng.sorted_boxes(np.array(boxes))
             dets.append(list(boxes))
             crops.append(eng.get_crop_img_list(bgr, boxes))
-        # Decide, box by box, whether an earlier frame already read it; collect the rest for one batched call.
+        # Decide, box by box, whether an earlier frame already read it; collect the rest for the recogniser.
         todo: list[np.ndarray] = []
-        source: list[list[tuple[str, int] | tuple[str, tuple[int, int]]]] = []
+        source: list[list[tuple[str, Any]]] = []
         seen: list[tuple[int, int]] = []
         for f, (fb, fc) in enumerate(zip(dets, crops)):
-            row = []
+            row: list[tuple[str, Any]] = []
             for b, (quad, crop) in enumerate(zip(fb, fc)):
                 match = next(((pf, pb) for pf, pb in seen
                               if box_iou(quad, dets[pf][pb]) >= reuse_iou
@@ -163,9 +244,9 @@ class OcrEngine:
                 else:
                     row.append(("same", match))
             source.append(row)
-        readings = eng.text_rec(todo, False)[0] if todo else []
+        readings = self.recognize(todo)
         by_box: dict[tuple[int, int], tuple[str, float]] = {}
-        out: list[list[tuple[np.ndarray, str, float]]] = []
+        per_distinct: list[list[tuple[np.ndarray, str, float]]] = []
         for f, row in enumerate(source):
             frame_out = []
             for b, (kind, ref) in enumerate(row):
@@ -173,8 +254,9 @@ class OcrEngine:
                 by_box[(f, b)] = (text, score)
                 if score >= self.text_score and text.strip():
                     frame_out.append((np.asarray(dets[f][b], np.float32), text.strip(), score))
-            out.append(frame_out)
-        return out
+            per_distinct.append(frame_out)
+        by_frame = dict(zip(distinct, per_distinct))
+        return [by_frame[f if a is None else a] for f, a in enumerate(alias)]
 
 
 def _same_crop(a: np.ndarray, b: np.ndarray, max_diff: float) -> bool:
@@ -213,6 +295,7 @@ class OcrText(Operator):
     params: ClassVar[dict[str, Any]] = {
         "num_frames": 3,  # how many of the K uniform frames are read
         "det_limit_side_len": 0,  # 0: detect at the frame's own size; N: upscale so the short side is >= N
+        "same_picture_diff": 6.0,  # a chosen frame this close to an earlier one (8x8-square grey MAD) reuses it
         "box_thresh": 0.5,  # detector box score threshold (rapidocr default)
         "text_score": 0.5,  # recogniser confidence a reading needs to count (rapidocr default)
         "threads": 1,  # ONNX Runtime intra-op threads per actor: match num_cpus
@@ -227,6 +310,9 @@ class OcrText(Operator):
         if isinstance(c["det_limit_side_len"], bool) or not isinstance(c["det_limit_side_len"], int) \
                 or c["det_limit_side_len"] < 0:
             raise OperatorConfigError("operator 'ocr': det_limit_side_len must be an integer >= 0")
+        v = c["same_picture_diff"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise OperatorConfigError(f"operator 'ocr': same_picture_diff must be a number >= 0, got {v!r}")
         for key in ("box_thresh", "text_score"):
             if isinstance(c[key], bool) or not isinstance(c[key], (int, float)) or not 0 <= c[key] <= 1:
                 raise OperatorConfigError(f"operator 'ocr': {key} must be in [0, 1], got {c[key]!r}")
@@ -245,7 +331,7 @@ class OcrText(Operator):
         c = self.config
         self._engine = OcrEngine(threads=int(c["threads"]), det_limit_side_len=int(c["det_limit_side_len"]),
                                  box_thresh=float(c["box_thresh"]), text_score=float(c["text_score"]),
-                                 model_dir=str(folder))
+                                 model_dir=str(folder), same_picture_diff=float(c["same_picture_diff"]))
 
     def score_row(self, row: dict[str, Any]) -> dict[str, Any]:
         """Read one clip."""

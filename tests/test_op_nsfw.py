@@ -1,4 +1,5 @@
-"""NudeNet NSFW scoring: parity with the library's own detector, the exposed-class rule, clean pictures score low."""
+"""NudeNet NSFW scoring: parity with the library's own detector (class branch and full graph), the exposed-class rule,
+clean pictures score low, a repeated picture is scored once."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def test_labels_match_the_installed_package():
 
 
 def test_same_confidence_as_nudedetector(session):
-    """Our batched, rectangular-letterbox path reports what NudeDetector.detect reports (a face on a photo)."""
+    """Our batched, rectangular-letterbox, class-branch-only path reports what NudeDetector.detect reports (a face on
+    a photo)."""
     from nudenet import NudeDetector
 
     lib = NudeDetector()
@@ -37,9 +39,38 @@ def test_same_confidence_as_nudedetector(session):
     img = skimage.data.astronaut()
     for frame, tol in ((img, 1e-4), (cv2.resize(img, (480, 272)), 0.03)):  # square: identical input; 16:9: less padding
         dets = [d for d in lib.detect(np.ascontiguousarray(frame[..., ::-1])) if d["class"] == "FACE_FEMALE"]
-        ours = class_scores(session.raw([frame]))[0]
+        ours = session.scores([frame])[0]
         mine = ours[ours.argmax(axis=1) == face, face].max()
         assert mine == pytest.approx(max(d["score"] for d in dets), abs=tol)
+
+
+def test_class_branch_is_the_full_graph_class_rows(session):
+    """The graph cut to the class heads gives the full graph's class confidences, anchor for anchor."""
+    assert len(session.heads) == 3  # the cut happened (else the full graph runs)
+    frames = [cv2.resize(p, (480, 272)) for p in (skimage.data.astronaut(), skimage.data.coffee())]
+    cut, full = session.scores(frames), class_scores(session.raw(frames))
+    assert cut.shape == full.shape == (2, 40 * 24 + 20 * 12 + 10 * 6, len(NUDENET_LABELS))
+    np.testing.assert_allclose(cut, full, atol=1e-6)
+    # The cut graph has far fewer nodes: the box heads and DFL decoding are gone.
+    assert len(session.session.get_outputs()) == 3
+
+
+def test_a_repeated_picture_is_scored_once(monkeypatch):
+    op = NudeNetNsfw()
+    op.setup()
+    seen = []
+    scores = op._session.scores
+    monkeypatch.setattr(op._session, "scores", lambda frames: seen.append(len(frames)) or scores(frames))
+    rng = np.random.default_rng(0)
+    still = cv2.resize(skimage.data.chelsea(), (480, 272))
+    grainy = np.stack([np.clip(still + rng.normal(0, 1.2, still.shape[:2])[..., None].round(), 0, 255)
+                       for _ in range(8)]).astype(np.uint8)
+    moving = np.stack([np.roll(still, 6 * i, axis=1) for i in range(8)])
+    a = op.score_row({"frames": grainy})["nsfw_score"]
+    b = op.score_row({"frames": moving})["nsfw_score"]
+    assert seen == [1, 3]
+    assert a == pytest.approx(exposed_score(op._session.scores([grainy[0]])), abs=1e-6)  # the first frame alone
+    assert b == pytest.approx(exposed_score(class_scores(op._session.raw([moving[i] for i in (0, 4, 7)]))), abs=1e-6)
 
 
 def test_exposed_score_uses_the_argmax_class():

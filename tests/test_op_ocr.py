@@ -13,7 +13,7 @@ import pytest
 import skimage.data
 from PIL import Image, ImageDraw, ImageFont
 
-from operators.ocr import OcrText, group_lines, merge_lines, pick_frames, union_area_ratio
+from operators.ocr import OcrText, group_lines, merge_lines, pick_frames, same_picture, union_area_ratio
 
 CJK_FONT = "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"
 LATIN_FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
@@ -23,13 +23,14 @@ def _background(w: int = 480, h: int = 272) -> np.ndarray:
     return cv2.resize(skimage.data.coffee(), (w, h), interpolation=cv2.INTER_AREA)
 
 
-def _render(frame: np.ndarray, text: str, xy: tuple[int, int], size: int, font: str) -> tuple[np.ndarray, tuple]:
+def _render(frame: np.ndarray, text: str, xy: tuple[int, int], size: int, font: str,
+            stroke: int = 2) -> tuple[np.ndarray, tuple]:
     """Draw white text with a black outline; returns the frame and the text's pixel bbox."""
     im = Image.fromarray(frame)
     f = ImageFont.truetype(font if Path(font).is_file() else CJK_FONT, size)
     d = ImageDraw.Draw(im)
-    d.text(xy, text, font=f, fill=(255, 255, 255), stroke_width=2, stroke_fill=(0, 0, 0))
-    return np.asarray(im), d.textbbox(xy, text, font=f, stroke_width=2)
+    d.text(xy, text, font=f, fill=(255, 255, 255), stroke_width=stroke, stroke_fill=(0, 0, 0))
+    return np.asarray(im), d.textbbox(xy, text, font=f, stroke_width=stroke)
 
 
 def _recall(truth: str, read: str) -> float:
@@ -106,3 +107,57 @@ def test_a_line_that_changes_two_characters_is_read_again(op):
     b, _ = _render(bg, "请大家注意身体", (120, 210), 26, CJK_FONT)
     lines = op.score_row({"frames": np.stack([a] * 4 + [b] * 4)})["ocr_text"].split("\n")
     assert len(lines) == 2 and _recall("请大家注意身体", lines[1]) >= 0.9, lines
+
+
+@pytest.mark.parametrize("text,font", [("Please keep your seat belt fastened.", LATIN_FONT),
+                                       ("请大家系好安全带", CJK_FONT)])
+def test_small_subtitles_at_production_size(op, text, font):
+    """A 12-14 px line, what a 720p/1080p subtitle becomes in a 320-px-short-side frame, on a real photo: read when
+    it is there all along and when it appears mid-clip (the later frames are new pictures, detected whole)."""
+    bg = _background(568, 320)
+    frame, box = _render(bg, text, (150, 284), 12, font, stroke=1)
+    assert 12 <= box[3] - box[1] <= 15 and box[2] < frame.shape[1]
+    for clip in (np.stack([frame] * 8), np.stack([bg] * 4 + [frame] * 4)):
+        out = op.score_row({"frames": clip})
+        assert _recall(text, out["ocr_text"]) >= 0.9, out["ocr_text"]
+
+
+def test_same_picture_is_strict_and_local():
+    rng = np.random.default_rng(0)
+    bg = _background()
+    grain = np.clip(bg + rng.normal(0, 1.2, bg.shape[:2])[..., None].round(), 0, 255).astype(np.uint8)
+    assert same_picture(bg, grain, 6.0)  # sensor grain: the same picture
+    dot = bg.copy()
+    dot[100:102, 200:202] = 0 if dot[100:102, 200:202].mean() > 127 else 255  # >= 127 grey levels on 4 of 64 px
+    assert not same_picture(bg, dot, 6.0)  # a 2x2-px change is enough to differ
+    a, _ = _render(bg, "请大家注意安全", (120, 210), 26, CJK_FONT)
+    b, _ = _render(bg, "请大家注意身体", (120, 210), 26, CJK_FONT)
+    assert not same_picture(a, b, 6.0)
+    assert not same_picture(bg, bg[:, :-8], 6.0)
+
+
+def test_a_still_shot_is_detected_and_read_once(op, monkeypatch):
+    rng = np.random.default_rng(1)
+    frame, _ = _render(_background(), "Welcome back to the evening news.", (12, 215), 20, LATIN_FONT)
+    clip = np.stack([np.clip(frame + rng.normal(0, 1.2, frame.shape[:2])[..., None].round(), 0, 255)
+                     for _ in range(8)]).astype(np.uint8)
+    engine = op._engine
+    calls = {"detect": 0, "rec": 0}
+    detect, rec = engine.detect, engine.engine.text_rec
+
+    def count_detect(*a, **k):
+        calls["detect"] += 1
+        return detect(*a, **k)
+
+    def count_rec(crops, *a, **k):
+        calls["rec"] += len(crops)
+        return rec(crops, *a, **k)
+
+    monkeypatch.setattr(engine, "detect", count_detect)
+    monkeypatch.setattr(engine.engine, "text_rec", count_rec)
+    out = op.score_row({"frames": clip})
+    assert calls["detect"] == 1 and calls["rec"] >= 1, calls
+    assert _recall("Welcome back to the evening news.", out["ocr_text"]) >= 0.9
+    # Every chosen frame counts in the mean, with the first frame's boxes: the same area as one frame alone.
+    alone = op.score_row({"frames": clip[:1]})
+    assert out["text_area_ratio"] == pytest.approx(alone["text_area_ratio"])
