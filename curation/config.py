@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,24 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class StageSpec:
+    """One training stage's data mix, selected from the kept rows after clustering (curation/stages.py)."""
+
+    name: str
+    media_types: tuple[str, ...] = ("video", "image")
+    min_short_side: int = 0  # min(width, height) in pixels
+    min_duration_s: float = 0.0  # videos only
+    max_duration_s: float | None = None  # videos only
+    where: tuple[Rule, ...] = ()  # like `decide`, but a null value does not pass
+    include_duplicates: bool = False  # rows whose `duplicate_of` is set
+    balance: str | None = "cluster_id"  # weights even out the groups of this column; null: no balancing
+    max_balance: float = 10.0  # cap on a group's balancing factor (and 1/cap its floor)
+    weights: dict[str, dict[str, float]] = field(default_factory=dict)  # column -> value -> weight multiplier
+    max_rows: int | None = None  # more rows than this: a balanced sample over `balance` groups
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """Everything one run needs, validated."""
 
@@ -99,6 +118,7 @@ class PipelineConfig:
     image_extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
     video_extensions: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".ts", ".flv", ".mpg", ".mpeg")
     clustering: ClusteringConfig = ClusteringConfig()
+    stages: tuple[StageSpec, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,8 +130,10 @@ class PipelineConfig:
 
 _TOP_KEYS = {
     "name", "profile", "split", "frames", "limits", "operators", "decide", "rows_per_file",
-    "image_extensions", "video_extensions", "clustering",
+    "image_extensions", "video_extensions", "clustering", "stages",
 }
+_STAGE_KEYS = {f for f in StageSpec.__dataclass_fields__}
+_STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _RULE_KEYS = {"min", "max", "exclude", "reject_if_true"}
 _OP_KEYS = {"name", "params", "num_cpus", "num_gpus", "batch_size", "concurrency"}
 
@@ -199,14 +221,14 @@ def _parse_operators(data: Any) -> tuple[OperatorSpec, ...]:
     return tuple(specs)
 
 
-def _parse_rules(data: Any) -> tuple[Rule, ...]:
+def _parse_rules(data: Any, section: str = "decide") -> tuple[Rule, ...]:
     if data is None:
         return ()
     if not isinstance(data, dict):
-        raise ConfigError("decide: expected a mapping of column -> {min, max, exclude, reject_if_true}")
+        raise ConfigError(f"{section}: expected a mapping of column -> {{min, max, exclude, reject_if_true}}")
     rules = []
     for column, spec in data.items():
-        where = f"decide.{column}"
+        where = f"{section}.{column}"
         if not isinstance(spec, dict):
             raise ConfigError(f"{where}: expected a mapping with min/max/exclude/reject_if_true")
         unknown = sorted(set(spec) - _RULE_KEYS)
@@ -229,6 +251,75 @@ def _parse_rules(data: Any) -> tuple[Rule, ...]:
         rules.append(Rule(column=column, min=spec.get("min"), max=spec.get("max"), exclude=tuple(exclude),
                           reject_if_true=rit))
     return tuple(rules)
+
+
+def _number(v: Any, where: str, lo: float | None = None) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {v!r}")
+    if lo is not None and v < lo:
+        raise ConfigError(f"{where}: must be >= {lo}, got {v!r}")
+    return float(v)
+
+
+def _parse_stages(data: Any) -> tuple[StageSpec, ...]:
+    """`stages:` a list of stage mixes, in curriculum order."""
+    if data is None:
+        return ()
+    if not isinstance(data, list):
+        raise ConfigError("stages: expected a list of stages (each a mapping with at least `name`)")
+    out, names = [], set()
+    for i, item in enumerate(data):
+        where = f"stages[{i}]"
+        if not isinstance(item, dict) or "name" not in item:
+            raise ConfigError(f"{where}: expected a mapping with a `name`")
+        name = item["name"]
+        # The name becomes a folder under <output>/stages/: nothing that could leave it.
+        if not isinstance(name, str) or not _STAGE_NAME.match(name) or name in (".", ".."):
+            raise ConfigError(f"{where}.name: letters, digits, '_', '.', '-' only (a folder name), got {name!r}")
+        where = f"stages.{name}"
+        if name in names:
+            raise ConfigError(f"{where}: stage named twice")
+        names.add(name)
+        unknown = sorted(set(item) - _STAGE_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(_STAGE_KEYS)}")
+        kw: dict[str, Any] = {"name": name}
+        if "media_types" in item:
+            mt = item["media_types"]
+            if not isinstance(mt, list) or not mt or not set(mt) <= {"video", "image"}:
+                raise ConfigError(f"{where}.media_types: a non-empty list of 'video' and/or 'image', got {mt!r}")
+            kw["media_types"] = tuple(mt)
+        if "min_short_side" in item:
+            kw["min_short_side"] = int(_number(item["min_short_side"], f"{where}.min_short_side", 0))
+        if "min_duration_s" in item:
+            kw["min_duration_s"] = _number(item["min_duration_s"], f"{where}.min_duration_s", 0)
+        if item.get("max_duration_s") is not None:
+            kw["max_duration_s"] = _number(item["max_duration_s"], f"{where}.max_duration_s", 0)
+            if kw["max_duration_s"] < kw.get("min_duration_s", 0.0):
+                raise ConfigError(f"{where}: max_duration_s is below min_duration_s")
+        kw["where"] = _parse_rules(item.get("where"), f"{where}.where")
+        if "include_duplicates" in item:
+            if not isinstance(item["include_duplicates"], bool):
+                raise ConfigError(f"{where}.include_duplicates: expected true/false")
+            kw["include_duplicates"] = item["include_duplicates"]
+        if "balance" in item:
+            if item["balance"] is not None and not isinstance(item["balance"], str):
+                raise ConfigError(f"{where}.balance: a column name or null")
+            kw["balance"] = item["balance"]
+        if "max_balance" in item:
+            kw["max_balance"] = _number(item["max_balance"], f"{where}.max_balance", 1)
+        if "weights" in item:
+            w = item["weights"]
+            if not isinstance(w, dict) or not all(isinstance(m, dict) for m in w.values()):
+                raise ConfigError(f"{where}.weights: expected column -> {{value: multiplier}}")
+            kw["weights"] = {str(col): {str(v): _number(x, f"{where}.weights.{col}.{v}", 0) for v, x in m.items()}
+                             for col, m in w.items()}
+        if item.get("max_rows") is not None:
+            kw["max_rows"] = int(_number(item["max_rows"], f"{where}.max_rows", 1))
+        if "seed" in item:
+            kw["seed"] = int(_number(item["seed"], f"{where}.seed"))
+        out.append(StageSpec(**kw))
+    return tuple(out)
 
 
 def parse_config(data: dict[str, Any]) -> PipelineConfig:
@@ -268,6 +359,7 @@ def parse_config(data: dict[str, Any]) -> PipelineConfig:
         video_extensions=_coerce(data.get("video_extensions", list(base.video_extensions)), base.video_extensions,
                                  "video_extensions"),
         clustering=_build_section(ClusteringConfig, data.get("clustering"), "clustering"),
+        stages=_parse_stages(data.get("stages")),
         raw=data,
     )
     # Instantiating each operator validates its parameters now, at start-up, not on a worker hours later.
@@ -281,6 +373,14 @@ def parse_config(data: dict[str, Any]) -> PipelineConfig:
         if rule.column not in produced:
             raise ConfigError(f"decide.{rule.column}: no column of that name in the schema or produced by the "
                               f"configured operators")
+    for st in cfg.stages:
+        cols = [r.column for r in st.where] + list(st.weights) + ([st.balance] if st.balance else [])
+        for col in cols:
+            if col not in produced:
+                raise ConfigError(f"stages.{st.name}: no column {col!r} in the schema or produced by the configured "
+                                  f"operators")
+        if st.balance == "cluster_id" and not cfg.clustering.enabled:
+            raise ConfigError(f"stages.{st.name}: balance: cluster_id needs clustering.enabled (or set balance: null)")
     if cfg.clustering.enabled and not any(s.name in ("embedding", "descriptor") for s in cfg.operators):
         raise ConfigError("clustering.enabled: needs an `embedding` or `descriptor` operator to fill `embedding`")
     return cfg

@@ -262,6 +262,10 @@ def run_pipeline(inputs: list[str], output: str | Path, cfg: PipelineConfig, lim
         raise RuntimeError(f"internal error: sources with missing clips after the graph finished: {incomplete}")
     clustering = _cluster(output, cfg)
     t_cluster = time.time()
+    from curation.stages import write_stages
+
+    stages = write_stages(output, cfg.stages)
+    t_stages = time.time()
 
     summary: dict[str, Any] = {
         "name": cfg.name,
@@ -282,9 +286,11 @@ def run_pipeline(inputs: list[str], output: str | Path, cfg: PipelineConfig, lim
         "files_written_this_run": writer.files,
         "counts": counts(output),
         "clustering": clustering,
+        "stages": stages,
         "operator_notes": {spec.name: op.note for spec, op in graph.operators if getattr(op, "note", None)},
         "timings_s": {"listing": round(t_list - t0, 3), "graph": round(t_graph - t_list, 3),
-                      "clustering": round(t_cluster - t_graph, 3), "total": round(time.time() - t0, 3)},
+                      "clustering": round(t_cluster - t_graph, 3), "stages": round(t_stages - t_cluster, 3),
+                      "total": round(time.time() - t0, 3)},
         "ray_data_stats": stats,
     }
     write_json_atomic(summary, output / "run.json")

@@ -51,6 +51,9 @@ def format_counts(summary: dict) -> str:
         lines.append("reject reasons: " + ", ".join(f"{k}: {v}" for k, v in c["reject_reasons"].items()))
     if c["errors"]:
         lines.append("errors: " + ", ".join(f"{k}: {v}" for k, v in c["errors"].items()))
+    for name, st in (summary.get("stages") or {}).items():
+        lines.append(f"stage {name}: {st['rows']} rows ({st['videos']} videos, {st['images']} images, "
+                     f"{st['clusters']} clusters)")
     lines.append(f"time: {summary['timings_s']['total']:.1f} s")
     return "\n".join(lines)
 
