@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SAMPLES := data/samples
 DEMO_OUT := out/demo
 # The demo's quality scorer: trained by `curation scorer demo` on a second sample set (seed 1) with proxy labels
-# from the generator's ground truth (no people labelled anything; see README "Expert quality scorer").
+# from the generator's ground truth (no people labelled anything; see README, "The two commands").
 DEMO_MODELS := out/demo_models
 DEMO_SCORER := $(DEMO_MODELS)/quality-scorer/quality_scorer.safetensors
 CJK_FONT := /usr/share/fonts/truetype/wqy/wqy-microhei.ttc
