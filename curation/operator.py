@@ -52,6 +52,9 @@ class Operator:
     default_batch_size: ClassVar[int] = 8
     # Parameters accepted from config, with defaults. Unknown keys are a config error.
     params: ClassVar[dict[str, Any]] = {}
+    # Attributes holding loaded models or engines: left out when Ray pickles the operator to ship it to a worker,
+    # which loads its own in setup().
+    transient: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, resources: Resources | None = None, batch_size: int | None = None, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.params))
@@ -67,6 +70,32 @@ class Operator:
 
     def validate(self) -> None:
         """Check `self.config`; raise OperatorConfigError naming the bad key."""
+
+    def check_int(self, key: str, lo: int) -> None:
+        """Config value `key` must be an integer >= lo."""
+        v = self.config[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise OperatorConfigError(f"operator '{self.name}': {key} must be an integer >= {lo}, got {v!r}")
+
+    def check_number(self, key: str, lo: float | None = None, hi: float | None = None, above: bool = False) -> None:
+        """Config value `key` must be a number within [lo, hi] (or strictly above `lo` when `above`)."""
+        v = self.config[key]
+        bad = isinstance(v, bool) or not isinstance(v, (int, float))
+        if not bad and lo is not None:
+            bad = v <= lo if above else v < lo
+        if not bad and hi is not None:
+            bad = v > hi
+        if bad:
+            want = ("a number" + (f" {'>' if above else '>='} {lo}" if lo is not None else "")
+                    + (f" and <= {hi}" if hi is not None else ""))
+            raise OperatorConfigError(f"operator '{self.name}': {key} must be {want}, got {v!r}")
+
+    def __getstate__(self) -> dict:
+        """Pickle without the `transient` attributes (loaded models): workers load their own in setup()."""
+        state = dict(self.__dict__)
+        for key in self.transient:
+            state.pop(key, None)
+        return state
 
     def setup(self) -> None:
         """Load models once per actor (never at import time)."""

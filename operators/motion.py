@@ -237,25 +237,16 @@ class MotionGrading(Operator):
     stateful: ClassVar[bool] = False
     default_resources: ClassVar[Resources] = Resources(num_cpus=1.0)
     default_batch_size: ClassVar[int] = 8
+    transient: ClassVar[tuple[str, ...]] = ("_dis",)
     params: ClassVar[dict[str, Any]] = {"grid_step": 8, "flow_preset": "medium", **DEFAULT_TIER_PARAMS}
 
     def validate(self) -> None:
         """Check the parameters."""
         if self.config["flow_preset"] not in ("ultrafast", "fast", "medium"):
             raise OperatorConfigError("operator 'motion': flow_preset must be ultrafast, fast or medium")
-        if isinstance(self.config["grid_step"], bool) or not isinstance(self.config["grid_step"], int) \
-                or self.config["grid_step"] < 2:
-            raise OperatorConfigError("operator 'motion': grid_step must be an integer >= 2")
+        self.check_int("grid_step", 2)
         for key in DEFAULT_TIER_PARAMS:
-            v = self.config[key]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise OperatorConfigError(f"operator 'motion': {key} must be a number >= 0, got {v!r}")
-
-    def __getstate__(self) -> dict:
-        """Pickle without the loaded model: Ray ships the operator to workers, which load their own in setup()."""
-        state = dict(self.__dict__)
-        state.pop("_dis", None)
-        return state
+            self.check_number(key, 0)
 
     def setup(self) -> None:
         """Create the flow engine once per worker (cheap, but it keeps its buffers between calls)."""

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from curation.operator import Operator, OperatorConfigError, Resources
+from curation.operator import Operator, Resources
 from operators.ocr import same_as_earlier
 
 # Class order of NudeNet 3.4's 320n.onnx output (nudenet/nudenet.py `__labels`).
@@ -187,6 +187,7 @@ class NudeNetNsfw(Operator):
     stateful: ClassVar[bool] = True
     default_resources: ClassVar[Resources] = Resources(num_cpus=1.0)
     default_batch_size: ClassVar[int] = 8
+    transient: ClassVar[tuple[str, ...]] = ("_session",)
     params: ClassVar[dict[str, Any]] = {
         "num_frames": 3,  # how many of the K uniform frames are scored
         "same_picture_diff": 6.0,  # a chosen frame this close to an earlier one (8x8-square grey MAD) is not rerun
@@ -195,19 +196,9 @@ class NudeNetNsfw(Operator):
 
     def validate(self) -> None:
         """Check the parameters."""
-        for key in ("num_frames", "threads"):
-            v = self.config[key]
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise OperatorConfigError(f"operator 'nsfw': {key} must be an integer >= 1, got {v!r}")
-        v = self.config["same_picture_diff"]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise OperatorConfigError(f"operator 'nsfw': same_picture_diff must be a number >= 0, got {v!r}")
-
-    def __getstate__(self) -> dict:
-        """Pickle without the loaded model: Ray ships the operator to workers, which load their own in setup()."""
-        state = dict(self.__dict__)
-        state.pop("_session", None)
-        return state
+        self.check_int("num_frames", 1)
+        self.check_int("threads", 1)
+        self.check_number("same_picture_diff", 0)
 
     def setup(self) -> None:
         """Load the ONNX detector once per actor, from the model registry (the file ships inside `nudenet`)."""

@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from curation.operator import Operator, OperatorConfigError, Resources
+from curation.operator import Operator, Resources
 
 
 def pick_frames(k: int, n: int) -> list[int]:
@@ -292,6 +292,7 @@ class OcrText(Operator):
     stateful: ClassVar[bool] = True
     default_resources: ClassVar[Resources] = Resources(num_cpus=1.0)
     default_batch_size: ClassVar[int] = 8
+    transient: ClassVar[tuple[str, ...]] = ("_engine",)
     params: ClassVar[dict[str, Any]] = {
         "num_frames": 3,  # how many of the K uniform frames are read
         "det_limit_side_len": 0,  # 0: detect at the frame's own size; N: upscale so the short side is >= N
@@ -303,25 +304,12 @@ class OcrText(Operator):
 
     def validate(self) -> None:
         """Check the parameters."""
-        c = self.config
-        for key in ("num_frames", "threads"):
-            if isinstance(c[key], bool) or not isinstance(c[key], int) or c[key] < 1:
-                raise OperatorConfigError(f"operator 'ocr': {key} must be an integer >= 1, got {c[key]!r}")
-        if isinstance(c["det_limit_side_len"], bool) or not isinstance(c["det_limit_side_len"], int) \
-                or c["det_limit_side_len"] < 0:
-            raise OperatorConfigError("operator 'ocr': det_limit_side_len must be an integer >= 0")
-        v = c["same_picture_diff"]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise OperatorConfigError(f"operator 'ocr': same_picture_diff must be a number >= 0, got {v!r}")
-        for key in ("box_thresh", "text_score"):
-            if isinstance(c[key], bool) or not isinstance(c[key], (int, float)) or not 0 <= c[key] <= 1:
-                raise OperatorConfigError(f"operator 'ocr': {key} must be in [0, 1], got {c[key]!r}")
-
-    def __getstate__(self) -> dict:
-        """Pickle without the loaded model: Ray ships the operator to workers, which load their own in setup()."""
-        state = dict(self.__dict__)
-        state.pop("_engine", None)
-        return state
+        self.check_int("num_frames", 1)
+        self.check_int("threads", 1)
+        self.check_int("det_limit_side_len", 0)
+        self.check_number("same_picture_diff", 0)
+        self.check_number("box_thresh", 0, 1)
+        self.check_number("text_score", 0, 1)
 
     def setup(self) -> None:
         """Load the PP-OCRv4 ONNX models once per actor, from the model registry's resolved package folder."""

@@ -138,6 +138,7 @@ class WatermarkDetector(Operator):
     stateful: ClassVar[bool] = False
     default_resources: ClassVar[Resources] = Resources(num_cpus=0.5)
     default_batch_size: ClassVar[int] = 16
+    transient: ClassVar[tuple[str, ...]] = ("_head",)
     params: ClassVar[dict[str, Any]] = {
         "zone": 0.3,  # corner zone size, as a share of width and height
         "edge_min": 80.0,  # Sobel strength of the frame-averaged gradient (grey levels x 4 per px)
@@ -161,17 +162,9 @@ class WatermarkDetector(Operator):
         if not 0 < float(c["coherence_min"]) < 1:
             raise OperatorConfigError("operator 'watermark': coherence_min must be in (0, 1)")
         for key in ("edge_min", "content_change_min", "evidence_mid"):
-            v = c[key]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                raise OperatorConfigError(f"operator 'watermark': {key} must be a number > 0, got {v!r}")
+            self.check_number(key, 0, above=True)
         if c["head"] is not None and not isinstance(c["head"], str):
             raise OperatorConfigError("operator 'watermark': head must be a model registry key or null")
-
-    def __getstate__(self) -> dict:
-        """Pickle without the loaded model: Ray ships the operator to workers, which load their own in setup()."""
-        state = dict(self.__dict__)
-        state.pop("_head", None)
-        return state
 
     def setup(self) -> None:
         """Load the learned head, if one is configured (the heuristic needs nothing)."""

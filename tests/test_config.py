@@ -36,6 +36,10 @@ def test_shipped_configs_load():
         ({"decide": {"aesthetic_score": {}}}, "needs min, max"),
         ({"profile": "huge"}, "profile"),
         ({"rows_per_file": 0}, "rows_per_file"),
+        ({"operators": [{"name": "ocr", "params": {"box_thresh": 2}}]}, "box_thresh must be a number >= 0 and <= 1"),
+        ({"operators": [{"name": "nsfw", "params": {"num_frames": 0}}]}, "num_frames must be an integer >= 1"),
+        ({"operators": [{"name": "motion", "params": {"grid_step": True}}]}, "grid_step must be an integer >= 2"),
+        ({"operators": [{"name": "watermark", "params": {"edge_min": 0}}]}, "edge_min must be a number > 0"),
     ],
 )
 def test_bad_config_names_the_key(data, needle):
@@ -69,3 +73,21 @@ def test_rule_on_unknown_column_is_refused():
         parse_config({"decide": {"aesthetic_scor": {"min": 4.5}}})
     with pytest.raises(ConfigError, match="decide.short_side"):
         parse_config({"decide": {"short_side": {"min": 128}}})  # needs the `basic` operator
+
+
+def test_operators_ship_without_their_loaded_models():
+    """Ray pickles an operator to ship it to workers: loaded models stay behind (setup() loads them there)."""
+    import pickle
+
+    from operators.motion import MotionGrading
+    from operators.nsfw import NudeNetNsfw
+    from operators.ocr import OcrText
+    from operators.watermark import WatermarkDetector
+
+    for cls in (OcrText, NudeNetNsfw, MotionGrading, WatermarkDetector):
+        op = cls()
+        for key in cls.transient:
+            setattr(op, key, lambda: None)  # stands in for an ONNX session: pickle refuses it
+        state = pickle.loads(pickle.dumps(op)).__dict__
+        assert cls.transient and not set(cls.transient) & set(state), cls.name
+        assert state["config"] == op.config
