@@ -11,7 +11,7 @@ score stays continuous). No exposed anchor anywhere: 0.0.
 
 Per clip: the **max** over `num_frames` frames spread evenly over the K uniform frames (first and last included):
 one explicit frame is enough to reject a clip. A chosen frame that shows the same picture as an earlier chosen one
-(`operators.ocr.same_picture`: no 8x8 square differs by more than `same_picture_diff` grey levels on average, i.e. a
+(`operators.framesel.same_picture`: no 8x8 square differs by more than `same_picture_diff` grey levels on average, i.e. a
 still shot) would get the same score, so it is not run again. The other frames go through the network in one batch.
 
 What runs: only the class branch of the network. The score needs the class confidences alone, so at load time the
@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.operator import Operator, Resources
-from operators.ocr import same_as_earlier
+from operators.framesel import pick_frames, same_as_earlier
 
 # Class order of NudeNet 3.4's 320n.onnx output (nudenet/nudenet.py `__labels`).
 NUDENET_LABELS = (
@@ -77,15 +77,6 @@ def exposed_score(scores: np.ndarray) -> float:
     conf = flat[np.arange(len(flat)), best]
     hit = np.isin(best, EXPOSED_IDS)
     return float(conf[hit].max()) if hit.any() else 0.0
-
-
-def pick_frames(k: int, n: int) -> list[int]:
-    """Indices of n frames spread evenly over k (first and last included; the middle one when n is 1)."""
-    if n >= k:
-        return list(range(k))
-    if n == 1:
-        return [(k - 1) // 2]
-    return sorted({int(round(x)) for x in np.linspace(0, k - 1, n)})
 
 
 # -- cutting the ONNX graph down to the class heads -----------------------------------------------------------------

@@ -8,10 +8,10 @@ where rapidocr's default would upscale them to 736 px for a 5x cost; its input i
 does it in float64, ~10 % of the call). The recogniser gets the boxes still to be read (below) in batches of similar
 width (`OcrEngine.recognize`), since rapidocr pads a batch to its widest crop.
 
-A chosen frame that shows the same picture as an earlier chosen frame (`same_picture`: in every 8x8 square the mean
-absolute grey difference is at most `same_picture_diff`, 6 grey levels: a still shot passes, grain and re-encoding
-stay below ~3; a subtitle with one character changed does not) is neither detected nor read again: it gets that
-frame's boxes and readings, and counts with them in the per-clip aggregates below.
+A chosen frame that shows the same picture as an earlier chosen frame (`operators.framesel.same_picture`: in every
+8x8 square the mean absolute grey difference is at most `same_picture_diff`, 6 grey levels: a still shot passes,
+grain and re-encoding stay below ~3; a subtitle with one character changed does not) is neither detected nor read
+again: it gets that frame's boxes and readings, and counts with them in the per-clip aggregates below.
 
 Text seen again is not read again: a box that overlaps (IoU >= 0.8) a box already read in an earlier frame, and whose
 crop is the same picture (mean grey difference <= 3, i.e. text over a still background), reuses that reading. The
@@ -47,15 +47,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.operator import Operator, Resources
-
-
-def pick_frames(k: int, n: int) -> list[int]:
-    """Indices of n frames spread evenly over k (first and last included; the middle one when n is 1)."""
-    if n >= k:
-        return list(range(k))
-    if n == 1:
-        return [(k - 1) // 2]
-    return sorted({int(round(x)) for x in np.linspace(0, k - 1, n)})
+from operators.framesel import pick_frames, same_as_earlier
 
 
 def union_area_ratio(quads: list[np.ndarray], shape: tuple[int, int]) -> float:
@@ -125,30 +117,6 @@ def merge_lines(per_frame: list[list[str]], similar: float = 0.8) -> list[str]:
                 # The longer reading of the same line usually caught characters the other one missed.
                 kept[dup], keys[dup] = line, key
     return kept
-
-
-def same_picture(a: np.ndarray, b: np.ndarray, max_diff: float = 6.0, block: int = 8) -> bool:
-    """Whether two RGB frames show the same picture: same size, and in every `block` x `block` square the mean
-    absolute grey difference is at most `max_diff`. The test is local on purpose: sensor grain and re-encoding keep
-    every square of the sample set's still shots below ~3 grey levels, while one changed character of a subtitle
-    line (or a 2x2-px dot) lifts its squares far above 6, so a changed caption is never taken for the same picture."""
-    if a.shape != b.shape:
-        return False
-    ga = cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_RGB2GRAY)
-    gb = cv2.cvtColor(np.ascontiguousarray(b), cv2.COLOR_RGB2GRAY)
-    d = cv2.absdiff(ga, gb).astype(np.float32)
-    h, w = d.shape
-    squares = cv2.resize(d, (-(-w // block), -(-h // block)), interpolation=cv2.INTER_AREA)
-    return float(squares.max()) <= max_diff
-
-
-def same_as_earlier(frames: list[np.ndarray], max_diff: float) -> list[int | None]:
-    """Per frame, the index of the first earlier frame showing the same picture (`same_picture`), or None."""
-    alias: list[int | None] = []
-    for f, frame in enumerate(frames):
-        alias.append(next((g for g in range(f) if alias[g] is None and same_picture(frame, frames[g], max_diff)),
-                          None))
-    return alias
 
 
 class OcrEngine:

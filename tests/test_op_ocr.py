@@ -13,7 +13,8 @@ import pytest
 import skimage.data
 from PIL import Image, ImageDraw, ImageFont
 
-from operators.ocr import OcrText, group_lines, merge_lines, pick_frames, same_picture, union_area_ratio
+from operators.framesel import pick_frames, same_picture
+from operators.ocr import OcrText, group_lines, merge_lines, union_area_ratio
 
 CJK_FONT = "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"
 LATIN_FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
