@@ -34,6 +34,13 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from curation.report import build_report
+
+    print(build_report(args.output, max_examples=args.examples))
+    return 0
+
+
 def _add_optional(sub: argparse._SubParsersAction, module: str) -> None:
     """Let a feature module add its own sub-commands (models, heads, scorer) when it is installed."""
     import importlib
@@ -69,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("summary", help="counts per status and reason of an output directory")
     c.add_argument("output")
     c.set_defaults(func=_cmd_summary)
+
+    rp = sub.add_parser("report", help="(re)write OUTPUT/report.html: counts, score plots, thumbnails")
+    rp.add_argument("output")
+    rp.add_argument("--examples", type=int, default=6, help="thumbnails per reject reason / section")
+    rp.set_defaults(func=_cmd_report)
 
     _add_optional(sub, "curation.heads_cli")
     return p

@@ -119,6 +119,7 @@ class PipelineConfig:
     video_extensions: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".ts", ".flv", ".mpg", ".mpeg")
     clustering: ClusteringConfig = ClusteringConfig()
     stages: tuple[StageSpec, ...] = ()
+    report: bool = True  # write <output>/report.html at the end of the run
     raw: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,7 +131,7 @@ class PipelineConfig:
 
 _TOP_KEYS = {
     "name", "profile", "split", "frames", "limits", "operators", "decide", "rows_per_file",
-    "image_extensions", "video_extensions", "clustering", "stages",
+    "image_extensions", "video_extensions", "clustering", "stages", "report",
 }
 _STAGE_KEYS = {f for f in StageSpec.__dataclass_fields__}
 _STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -360,6 +361,7 @@ def parse_config(data: dict[str, Any]) -> PipelineConfig:
                                  "video_extensions"),
         clustering=_build_section(ClusteringConfig, data.get("clustering"), "clustering"),
         stages=_parse_stages(data.get("stages")),
+        report=_coerce(data.get("report", True), True, "report"),
         raw=data,
     )
     # Instantiating each operator validates its parameters now, at start-up, not on a worker hours later.

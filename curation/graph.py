@@ -294,6 +294,18 @@ def run_pipeline(inputs: list[str], output: str | Path, cfg: PipelineConfig, lim
         "ray_data_stats": stats,
     }
     write_json_atomic(summary, output / "run.json")
+    if cfg.report:
+        # Last, from what is on disk; a report that cannot be made does not undo the run.
+        from curation.report import build_report
+
+        t_report = time.time()
+        try:
+            summary["report"] = str(build_report(output))
+        except Exception as exc:
+            log.warning("report.html not written: %s: %s", type(exc).__name__, exc)
+            summary["report_error"] = f"{type(exc).__name__}: {exc}"
+        summary["timings_s"]["report"] = round(time.time() - t_report, 3)
+        write_json_atomic(summary, output / "run.json")
     return summary
 
 
