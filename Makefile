@@ -35,7 +35,7 @@ $(DEMO_SCORER): | setup
 
 demo: setup $(SAMPLES)/labels.parquet $(DEMO_SCORER)
 	CURATION_MODEL_DIR=$(DEMO_MODELS) $(BIN)/python pipelines/pretrain_mix.py --config pipelines/configs/demo.yaml --input $(SAMPLES) --output $(DEMO_OUT)
-	@echo "manifests: $(DEMO_OUT)/samples  (pd.read_parquet('$(DEMO_OUT)/samples'))"
+	@echo "manifests: $(DEMO_OUT)/samples  (pd.read_parquet('$(DEMO_OUT)/samples')); stages: $(DEMO_OUT)/stages; report: $(DEMO_OUT)/report.html"
 
 test: setup
 	$(BIN)/python -m pytest -q -ra
