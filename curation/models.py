@@ -136,7 +136,7 @@ REGISTRY: dict[str, ModelSpec] = {
             source="",
             files=("watermark_head.safetensors",),
             license="trained locally",
-            how_to_get="curation heads train watermark --real DIR_CLEAN --fake DIR_WATERMARKED",
+            how_to_get="curation heads train watermark_head --real DIR_CLEAN --fake DIR_WATERMARKED",
             description="linear probe on CLIP ViT-L/14 embeddings scoring visible watermarks",
         ),
         ModelSpec(
@@ -145,7 +145,7 @@ REGISTRY: dict[str, ModelSpec] = {
             source="",
             files=("nsfw_head.safetensors",),
             license="trained locally",
-            how_to_get="curation heads train nsfw --real DIR_SAFE --fake DIR_NSFW",
+            how_to_get="curation heads train nsfw_head --real DIR_SAFE --fake DIR_NSFW",
             description="linear probe on CLIP ViT-L/14 embeddings scoring NSFW content",
         ),
         ModelSpec(

@@ -103,3 +103,25 @@ def test_models_for_config_and_cli_check(tmp_path, capsys):
     out = capsys.readouterr()
     assert "ok       nudenet" in out.out and "MISSING  clip-vit-l-14" in out.out
     assert "curation models pull --keys clip-vit-l-14" in out.err
+
+
+def test_every_how_to_get_command_parses():
+    """The `curation ...` commands the registry tells users to run exist with those arguments."""
+    import re
+    import shlex
+
+    from curation.cli import build_parser
+    from curation.models import REGISTRY
+
+    specs = REGISTRY.values() if isinstance(REGISTRY, dict) else REGISTRY
+    seen = 0
+    for spec in specs:
+        text = re.sub(r"\([^)]*\)", "", spec.how_to_get)  # drop remarks in parentheses
+        for seg in text.split(";"):
+            seg = seg.strip()
+            if not seg.startswith("curation "):
+                continue
+            argv = shlex.split(re.sub(r"--n N\b", "--n 100", seg))[1:]
+            build_parser().parse_args(argv)  # argparse exits (SystemExit) on an unknown command or argument
+            seen += 1
+    assert seen >= 6
