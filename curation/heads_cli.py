@@ -182,14 +182,11 @@ def run_scorer(args: argparse.Namespace) -> int:
 
 
 def _read_samples(manifest: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    import pyarrow.parquet as pq
+    from curation.manifest import SAMPLES, part_files, read_manifest
 
-    parts = sorted((Path(manifest) / "samples").glob("part-*.parquet"))
-    if not parts:
+    if not part_files(Path(manifest) / SAMPLES):
         raise FileNotFoundError(f"no {manifest}/samples/part-*.parquet")
-    names = set(pq.read_schema(parts[0]).names)
-    cols = None if columns is None else [c for c in columns if c in names]
-    return pd.concat([pd.read_parquet(p, columns=cols) for p in parts], ignore_index=True)
+    return read_manifest(Path(manifest) / SAMPLES, columns, only_existing=True).to_pandas()
 
 
 def sample_annotations(manifest: Path, n: int, out: Path | None = None, seed: int = 0,

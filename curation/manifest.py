@@ -31,12 +31,22 @@ def part_files(directory: str | Path) -> list[Path]:
     return sorted(p for p in d.glob("part-*.parquet") if p.is_file())
 
 
-def read_manifest(directory: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """All completed parts of a manifest directory as one table."""
+def read_manifest(directory: str | Path, columns: list[str] | None = None, *, exclude: tuple[str, ...] = (),
+                  only_existing: bool = False, filter: Any = None) -> pa.Table:
+    """All completed parts of a manifest directory as one table.
+
+    `columns`: which to read (all by default), minus `exclude`; with `only_existing`, names the manifest lacks are
+    skipped instead of being an error. `filter`: a pyarrow.dataset expression applied while reading, so that e.g.
+    only kept rows are ever materialised."""
     files = part_files(directory)
     if not files:
         return pa.table({})
-    return pads.dataset([str(f) for f in files], format="parquet").to_table(columns=columns)
+    ds = pads.dataset([str(f) for f in files], format="parquet")
+    if columns is None and exclude:
+        columns = ds.schema.names
+    if columns is not None:
+        columns = [c for c in columns if c not in exclude and (not only_existing or c in ds.schema.names)]
+    return ds.to_table(columns=columns, filter=filter)
 
 
 def finished_sources(output: str | Path) -> set[str]:
@@ -120,6 +130,11 @@ class SampleWriter:
         return incomplete
 
 
+def error_kind(error: Any) -> str:
+    """The kind an `error` is counted under: the text before its first colon (`ProbeError: ...` -> `ProbeError`)."""
+    return str(error).split(":", 1)[0] if error else "unknown"
+
+
 def counts(output: str | Path) -> dict[str, Any]:
     """Counts per status and per reject reason over the whole `samples/` manifest."""
     t = read_manifest(Path(output) / SAMPLES, columns=["source_uri", "status", "reject_reasons", "error"])
@@ -132,8 +147,7 @@ def counts(output: str | Path) -> dict[str, Any]:
             reasons[r] += 1
     errors: dict[str, int] = defaultdict(int)
     for e in df.loc[df["status"] == "failed", "error"]:
-        key = str(e).split(":", 1)[0] if e else "unknown"
-        errors[key] += 1
+        errors[error_kind(e)] += 1
     return {
         "rows": int(len(df)),
         "sources": int(df["source_uri"].nunique()),

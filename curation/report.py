@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 log = logging.getLogger("curation.report")
 
@@ -44,14 +43,12 @@ ROW_COLUMNS = ("sample_id", "source_uri", "media_type", "start_frame", "end_fram
 
 
 def _read_rows(output: Path, max_rows: int, seed: int = 0) -> pd.DataFrame:
-    parts = sorted((output / "samples").glob("part-*.parquet"))
-    if not parts:
+    from curation.manifest import SAMPLES, read_manifest
+
+    t = read_manifest(output / SAMPLES, list(ROW_COLUMNS), only_existing=True)
+    if not t.num_columns:
         return pd.DataFrame(columns=list(ROW_COLUMNS))
-    frames = []
-    for p in parts:
-        names = set(pq.read_schema(p).names)
-        frames.append(pq.read_table(p, columns=[c for c in ROW_COLUMNS if c in names]).to_pandas())
-    df = pd.concat(frames, ignore_index=True)
+    df = t.to_pandas()
     if len(df) > max_rows:
         df = df.sample(n=max_rows, random_state=seed).reset_index(drop=True)
     return df
@@ -258,6 +255,7 @@ def build_report(output: str | os.PathLike, max_examples: int = 6, thumb: int = 
     output = Path(output)
     run = json.loads((output / "run.json").read_text(encoding="utf-8")) if (output / "run.json").exists() else {}
     from curation.manifest import counts as manifest_counts
+    from curation.manifest import error_kind
 
     counts = run.get("counts") or manifest_counts(output)
     df = _read_rows(output, max_rows, seed)
@@ -267,7 +265,7 @@ def build_report(output: str | os.PathLike, max_examples: int = 6, thumb: int = 
     errors = []
     failed = df[df["status"] == "failed"] if len(df) else df
     for kind, n in (counts.get("errors") or {}).items():
-        msgs = [str(e) for e in failed["error"] if str(e).split(":", 1)[0] == kind][:3]
+        msgs = [str(e) for e in failed["error"] if error_kind(e) == kind][:3]
         errors.append({"kind": kind, "n": n, "examples": msgs})
 
     score_cols = ("sharpness", "motion_score", "watermark_score", "text_area_ratio", "quality_score",

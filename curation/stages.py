@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curation.config import Rule, StageSpec
+from curation.manifest import write_table_atomic
 
 log = logging.getLogger("curation.stages")
 
@@ -117,16 +117,12 @@ def mix(df: pd.DataFrame, st: StageSpec) -> pd.DataFrame:
 
 
 def _kept_rows(output: Path) -> pd.DataFrame:
-    parts = sorted((output / "samples").glob("part-*.parquet"))
-    if not parts:
-        return pd.DataFrame()
-    names = [n for n in pq.read_schema(parts[0]).names if n not in DROPPED_COLUMNS]
-    frames = []
-    for p in parts:
-        t = pq.read_table(p, columns=[n for n in names if n in pq.read_schema(p).names])
-        df = t.to_pandas()
-        frames.append(df[df["status"] == "kept"])
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    import pyarrow.dataset as pads
+
+    from curation.manifest import SAMPLES, read_manifest
+
+    t = read_manifest(output / SAMPLES, exclude=DROPPED_COLUMNS, filter=pads.field("status") == "kept")
+    return t.to_pandas() if t.num_columns else pd.DataFrame()
 
 
 def write_stages(output: str | os.PathLike, stages: tuple[StageSpec, ...]) -> dict[str, Any]:
@@ -143,8 +139,7 @@ def write_stages(output: str | os.PathLike, stages: tuple[StageSpec, ...]) -> di
         folder = tmp / st.name
         folder.mkdir(parents=True)
         if len(rows):
-            table = pa.Table.from_pandas(rows, preserve_index=False)
-            pq.write_table(table, folder / "part-00000.parquet", compression="zstd")
+            write_table_atomic(pa.Table.from_pandas(rows, preserve_index=False), folder / "part-00000.parquet")
         dur = rows["duration_s"].where(rows["media_type"] == "video").sum() if len(rows) else 0.0
         summary[st.name] = {
             "order": order,
