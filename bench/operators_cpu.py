@@ -5,14 +5,15 @@
 - `--calibrate`: motion-tier confusion matrix, OCR character recall, watermark and NSFW scores per sample clip;
 - `--flow`: DIS presets vs Farneback, speed and end-point error on frames with known shifts (how DIS was chosen);
 - `--hd`: the same table on 5 s clips at 720p and 1080p, where decoding costs what it costs in production;
-- `--light`: also time the light profile (OCR and NSFW on one frame each instead of three).
+- `--every`: also time OCR and NSFW on 3 frames of every clip whatever its duration (`seconds_per_frame: 0`, the
+  default before they picked frames by duration: 1 frame per started 4 s, at most 3).
 
 Timing: every stage runs single-threaded (OpenCV and ONNX Runtime set to one thread, decord with one thread), in
 `--rounds` interleaved rounds; per stage the median round is kept. Both CPU time of the process (`process_time`, what
 a core-bound worker pays, robust to other people's jobs on a shared machine) and wall time are recorded; clips/s are
 per core, from CPU time.
 
-    .venv/bin/python bench/operators_cpu.py --make 0 --samples bench/_out/samples0 --rounds 3 --light --hd \
+    .venv/bin/python bench/operators_cpu.py --make 0 --samples bench/_out/samples0 --rounds 3 --every --hd \
         --dj bench/_dj_env/bin/python --calibrate --flow --out bench/_out/ops_seed0.json
 """
 
@@ -85,21 +86,23 @@ def decode(clip: dict) -> dict:
     else:
         views = decode_video_views(clip["path"], clip["start"], clip["end"], clip["fps"],
                                    (clip["width"], clip["height"]), 0, cfg)
+        # The clip's duration, as the splitter writes it (OCR and NSFW pick their frames by it).
+        return {**views.as_columns(), "duration_s": (clip["end"] - clip["start"]) / clip["fps"]}
     return views.as_columns()
 
 
-FAST = {"ocr": {"num_frames": 1}, "nsfw": {"num_frames": 1}}  # the light profile: one frame each for the models
+EVERY = {"ocr": {"seconds_per_frame": 0}, "nsfw": {"seconds_per_frame": 0}}  # num_frames (3) of every clip
 
 
-def build_operators(light: bool = False) -> dict:
-    """One set-up instance of each CPU operator (defaults), single-threaded; `light` adds the FAST variants."""
+def build_operators(every: bool = False) -> dict:
+    """One set-up instance of each CPU operator (defaults), single-threaded; `every` adds the EVERY variants."""
     from curation.catalog import operator_class
 
     ops = {}
     for name in OPERATORS:
         cls = operator_class(name)
         kwargs = {"threads": 1} if "threads" in cls.params else {}
-        variants = [(name, kwargs)] + ([(f"{name}@fast", {**kwargs, **FAST[name]})] if light and name in FAST else [])
+        variants = [(name, kwargs)] + ([(f"{name}@3", {**kwargs, **EVERY[name]})] if every and name in EVERY else [])
         for key, kw in variants:
             op = cls(**kw)
             op.setup()
@@ -134,8 +137,8 @@ def throughput(clips: list[dict], ops: dict, rounds: int) -> dict:
         res[stage] = {"cpu_ms_per_clip": 1000 * cpu / n, "clips_per_s_cpu": n / cpu,
                       "wall_ms_per_clip": 1000 * wall / n, "clips_per_s_wall": n / wall}
     sets = {"all_cpu_operators": list(OPERATORS)}
-    if any(k.endswith("@fast") for k in ops):
-        sets["all_cpu_operators@fast"] = [f"{k}@fast" if f"{k}@fast" in ops else k for k in OPERATORS]
+    if any(k.endswith("@3") for k in ops):
+        sets["all_cpu_operators@3"] = [f"{k}@3" if f"{k}@3" in ops else k for k in OPERATORS]
     for label, members in sets.items():
         ops_cpu = sum(res[k]["cpu_ms_per_clip"] for k in members)
         ops_wall = sum(res[k]["wall_ms_per_clip"] for k in members)
@@ -410,7 +413,7 @@ def main() -> None:
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--flow", action="store_true")
     ap.add_argument("--no-throughput", action="store_true")
-    ap.add_argument("--light", action="store_true", help="also time the light profile (one OCR / NSFW frame)")
+    ap.add_argument("--every", action="store_true", help="also time OCR / NSFW on 3 frames of every clip")
     ap.add_argument("--hd", action="store_true", help="also time 720p/1080p 5 s clips (decode ratio at real sizes)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--dj-worker", default=None, help=argparse.SUPPRESS)
@@ -428,7 +431,7 @@ def main() -> None:
         make_samples(args.samples, args.make)
     seed = args.make if args.make is not None else args.seed
     res: dict = {"seed": seed, "samples": str(args.samples), "cpu": os.cpu_count(), "rounds": args.rounds}
-    ops = build_operators(light=args.light)
+    ops = build_operators(every=args.every)
     clips = sample_clips(args.samples)
     if not args.no_throughput:
         res["throughput"] = throughput(clips, ops, args.rounds)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import cv2
 import numpy as np
 
@@ -13,6 +16,20 @@ def pick_frames(k: int, n: int) -> list[int]:
     if n == 1:
         return [(k - 1) // 2]
     return sorted({int(round(x)) for x in np.linspace(0, k - 1, n)})
+
+
+def frames_to_read(num_frames: int, seconds_per_frame: float, duration_s: Any) -> int:
+    """How many of a clip's uniform frames a per-frame model reads: one for every started `seconds_per_frame` of the
+    clip, at least 1 and at most `num_frames`. `seconds_per_frame` 0, or a row without a usable duration (an image,
+    a clip whose duration is unknown), reads `num_frames`. Sampling by time keeps a model's cost per clip in step with
+    decoding, which also grows with duration, and reads a long clip more often than a short one."""
+    try:
+        duration = float(duration_s)
+    except (TypeError, ValueError):
+        duration = math.nan
+    if seconds_per_frame <= 0 or not math.isfinite(duration) or duration <= 0:
+        return num_frames
+    return max(1, min(num_frames, math.ceil(duration / seconds_per_frame - 1e-9)))
 
 
 def same_picture(a: np.ndarray, b: np.ndarray, max_diff: float = 6.0, block: int = 8) -> bool:

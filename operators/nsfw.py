@@ -9,8 +9,12 @@ as NudeNet's own post-processing labels a detection (so the score equals the con
 most confident exposed detection; NMS cannot change a maximum, and NudeNet's 0.2 reporting floor is not applied, so the
 score stays continuous). No exposed anchor anywhere: 0.0.
 
-Per clip: the **max** over `num_frames` frames spread evenly over the K uniform frames (first and last included):
-one explicit frame is enough to reject a clip. A chosen frame that shows the same picture as an earlier chosen one
+Per clip: the **max** over the chosen frames: one explicit frame is enough to reject a clip. Chosen, as for OCR
+(`operators.framesel.frames_to_read`): one of the K uniform frames for every started `seconds_per_frame` (4 s) of
+the clip, at most `num_frames` (3), spread evenly (the middle one when one; first and last included otherwise). A
+clip of up to 4 s is scored on its middle frame, so an explicit moment shorter than that can be missed there;
+`seconds_per_frame: 0` scores `num_frames` frames of every clip. (The learned `nsfw_head` on CLIP embeddings, when
+configured, averages over all K frames on the GPU.) A chosen frame that shows the same picture as an earlier chosen one
 (`operators.framesel.same_picture`: no 8x8 square differs by more than `same_picture_diff` grey levels on average, i.e. a
 still shot) would get the same score, so it is not run again. The other frames go through the network in one batch.
 
@@ -36,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.operator import Operator, Resources
-from operators.framesel import pick_frames, same_as_earlier
+from operators.framesel import frames_to_read, pick_frames, same_as_earlier
 
 # Class order of NudeNet 3.4's 320n.onnx output (nudenet/nudenet.py `__labels`).
 NUDENET_LABELS = (
@@ -180,7 +184,8 @@ class NudeNetNsfw(Operator):
     default_batch_size: ClassVar[int] = 8
     transient: ClassVar[tuple[str, ...]] = ("_session",)
     params: ClassVar[dict[str, Any]] = {
-        "num_frames": 3,  # how many of the K uniform frames are scored
+        "num_frames": 3,  # at most this many of the K uniform frames are scored
+        "seconds_per_frame": 4.0,  # one frame per started 4 s of clip (at least 1); 0: always num_frames
         "same_picture_diff": 6.0,  # a chosen frame this close to an earlier one (8x8-square grey MAD) is not rerun
         "threads": 1,  # ONNX Runtime intra-op threads per actor: match num_cpus
     }
@@ -188,6 +193,7 @@ class NudeNetNsfw(Operator):
     def validate(self) -> None:
         """Check the parameters."""
         self.check_int("num_frames", 1)
+        self.check_number("seconds_per_frame", 0)
         self.check_int("threads", 1)
         self.check_number("same_picture_diff", 0)
 
@@ -202,5 +208,5 @@ class NudeNetNsfw(Operator):
         if getattr(self, "_session", None) is None:
             self.setup()
         c = self.config
-        return {"nsfw_score": self._session.clip_score(row["frames"], int(c["num_frames"]),
-                                                       float(c["same_picture_diff"]))}
+        n = frames_to_read(int(c["num_frames"]), float(c["seconds_per_frame"]), row.get("duration_s"))
+        return {"nsfw_score": self._session.clip_score(row["frames"], n, float(c["same_picture_diff"]))}

@@ -38,6 +38,8 @@ def test_shipped_configs_load():
         ({"rows_per_file": 0}, "rows_per_file"),
         ({"operators": [{"name": "ocr", "params": {"box_thresh": 2}}]}, "box_thresh must be a number >= 0 and <= 1"),
         ({"operators": [{"name": "nsfw", "params": {"num_frames": 0}}]}, "num_frames must be an integer >= 1"),
+        ({"operators": [{"name": "nsfw", "params": {"seconds_per_frame": -2}}]}, "seconds_per_frame must be a number"),
+        ({"operators": [{"name": "ocr", "params": {"fold_graphs": "yes"}}]}, "fold_graphs must be true or false"),
         ({"operators": [{"name": "motion", "params": {"grid_step": True}}]}, "grid_step must be an integer >= 2"),
         ({"operators": [{"name": "watermark", "params": {"edge_min": 0}}]}, "edge_min must be a number > 0"),
     ],

@@ -37,8 +37,9 @@ def _clips(root, labels: pd.DataFrame):
             n = int(r.num_frames)
             cut = None if pd.isna(r.cut_frame) else int(r.cut_frame)
             for a, b in ([(0, cut), (cut, n)] if cut else [(0, n)]):
-                yield r, decode_video_views(path, a, b, float(r.fps), (int(r.width), int(r.height)), 0,
-                                            cfg).as_columns()
+                views = decode_video_views(path, a, b, float(r.fps), (int(r.width), int(r.height)), 0, cfg)
+                # The clip's duration, as the splitter writes it: OCR and NSFW pick their frames by it.
+                yield r, {**views.as_columns(), "duration_s": (b - a) / float(r.fps)}
 
 
 def _recall(truth: str, read: str) -> float:

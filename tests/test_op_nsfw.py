@@ -55,22 +55,45 @@ def test_class_branch_is_the_full_graph_class_rows(session):
     assert len(session.session.get_outputs()) == 3
 
 
-def test_a_repeated_picture_is_scored_once(monkeypatch):
+@pytest.fixture
+def counted(monkeypatch) -> tuple[NudeNetNsfw, list[int]]:
+    """A set-up operator and the number of frames of each network call it makes."""
     op = NudeNetNsfw()
     op.setup()
-    seen = []
+    seen: list[int] = []
     scores = op._session.scores
     monkeypatch.setattr(op._session, "scores", lambda frames: seen.append(len(frames)) or scores(frames))
+    return op, seen
+
+
+def _moving() -> np.ndarray:
+    still = cv2.resize(skimage.data.chelsea(), (480, 272))
+    return np.stack([np.roll(still, 6 * i, axis=1) for i in range(8)])
+
+
+def test_a_repeated_picture_is_scored_once(counted):
+    op, seen = counted
     rng = np.random.default_rng(0)
     still = cv2.resize(skimage.data.chelsea(), (480, 272))
     grainy = np.stack([np.clip(still + rng.normal(0, 1.2, still.shape[:2])[..., None].round(), 0, 255)
                        for _ in range(8)]).astype(np.uint8)
-    moving = np.stack([np.roll(still, 6 * i, axis=1) for i in range(8)])
+    moving = _moving()
     a = op.score_row({"frames": grainy})["nsfw_score"]
     b = op.score_row({"frames": moving})["nsfw_score"]
     assert seen == [1, 3]
     assert a == pytest.approx(exposed_score(op._session.scores([grainy[0]])), abs=1e-6)  # the first frame alone
     assert b == pytest.approx(exposed_score(class_scores(op._session.raw([moving[i] for i in (0, 4, 7)]))), abs=1e-6)
+
+
+def test_frames_scored_follow_the_clip_duration(counted):
+    op, seen = counted
+    moving = _moving()
+    for duration in (2.0, 3.9, 6.0, 12.0, None):
+        op.score_row({"frames": moving, "duration_s": duration})
+    assert seen == [1, 1, 2, 3, 3]
+    # The one frame of a short clip is the middle one.
+    short = op.score_row({"frames": moving, "duration_s": 3.0})["nsfw_score"]
+    assert short == pytest.approx(exposed_score(op._session.scores([moving[3]])), abs=1e-6)
 
 
 def test_exposed_score_uses_the_argmax_class():

@@ -13,7 +13,7 @@ import pytest
 import skimage.data
 from PIL import Image, ImageDraw, ImageFont
 
-from operators.framesel import pick_frames, same_picture
+from operators.framesel import frames_to_read, pick_frames, same_picture
 from operators.ocr import OcrText, group_lines, merge_lines, union_area_ratio
 
 CJK_FONT = "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"
@@ -162,3 +162,50 @@ def test_a_still_shot_is_detected_and_read_once(op, monkeypatch):
     # Every chosen frame counts in the mean, with the first frame's boxes: the same area as one frame alone.
     alone = op.score_row({"frames": clip[:1]})
     assert out["text_area_ratio"] == pytest.approx(alone["text_area_ratio"])
+
+
+def test_frames_to_read_follows_the_clip_duration():
+    # One frame per started 4 s, at least 1, at most num_frames; no usable duration (or 0 s per frame): num_frames.
+    assert [frames_to_read(3, 4.0, d) for d in (0.6, 3.0, 4.0, 4.2, 8.0, 8.5, 60.0)] == [1, 1, 1, 2, 2, 3, 3]
+    assert [frames_to_read(3, 4.0, d) for d in (None, float("nan"), 0.0, -1.0, "x")] == [3] * 5
+    assert frames_to_read(3, 0.0, 3.0) == 3 and frames_to_read(5, 1.0, 4.5) == 5
+
+
+def test_short_clips_are_read_on_fewer_frames(op, monkeypatch):
+    """A caption that changes in the last frames: a 3 s clip is read on its middle frame only (one detector call, the
+    first caption), a 9 s clip on 3 frames (both captions), and `seconds_per_frame: 0` reads 3 frames of any clip."""
+    bg = _background()
+    f1, _ = _render(bg, "First caption here", (40, 200), 24, LATIN_FONT)
+    f2, _ = _render(bg, "Second caption now", (40, 200), 24, LATIN_FONT)
+    frames = np.stack([f1] * 6 + [f2] * 2)
+    engine = op._engine
+    calls = []
+    detect = engine.detect
+    monkeypatch.setattr(engine, "detect", lambda *a, **k: calls.append(1) or detect(*a, **k))
+    short = op.score_row({"frames": frames, "duration_s": 3.0})["ocr_text"]
+    assert len(calls) == 1 and short.split("\n") == ["First caption here"], short
+    calls.clear()
+    long = op.score_row({"frames": frames, "duration_s": 9.0})["ocr_text"].split("\n")
+    # Frames 0, 4 and 7 are read; 4 shows the same picture as 0, so the detector runs twice.
+    assert len(calls) == 2 and len(long) == 2 and _recall("Second caption now", long[1]) >= 0.9, long
+    every = OcrText(seconds_per_frame=0)
+    every._engine = engine
+    calls.clear()
+    assert every.score_row({"frames": frames, "duration_s": 3.0})["ocr_text"].split("\n") == long
+    assert len(calls) == 2
+
+
+def test_rewritten_graphs_read_the_same(op):
+    """The operator runs the rewritten PP-OCR graphs (operators.onnxfold) and reads what the original graphs read."""
+    assert set(op._engine.folded) == {"det", "rec"}, op._engine.folded
+    plain = OcrText(fold_graphs=False)
+    plain.setup()
+    assert plain._engine.folded == {}
+    bg = _background(568, 320)
+    for text, font, size in (("The weather will be sunny tomorrow.", LATIN_FONT, 20), ("今天的天气非常好", CJK_FONT, 20),
+                             ("请大家系好安全带", CJK_FONT, 12)):
+        frame, _ = _render(bg, text, (40, 260), size, font, stroke=1)
+        clip = np.stack([bg] * 4 + [frame] * 4)
+        a, b = op.score_row({"frames": clip}), plain.score_row({"frames": clip})
+        assert a["ocr_text"] == b["ocr_text"] and _recall(text, a["ocr_text"]) >= 0.9, (a, b)
+        assert a["text_area_ratio"] == pytest.approx(b["text_area_ratio"], abs=1e-4)
