@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,26 @@ class ClusteringConfig:
 
 
 @dataclass(frozen=True)
+class CaptionConfig:
+    """Dense captions of the kept rows after clustering: Qwen2-VL with the clip's OCR text in the prompt
+    (captioner/, DESIGN.md §1)."""
+
+    enabled: bool = False
+    model: str = "qwen2-vl-7b"  # a model registry key, or a local folder holding a Qwen2-VL checkpoint
+    num_frames: int = 8  # frames per video clip (even: Qwen2-VL pairs frames in time)
+    short_side: int = 336  # frames are decoded at this short side (tokens grow with its square)
+    max_new_tokens: int = 200
+    batch_size: int = 8  # rows per generate() call
+    num_gpus: float = 1.0  # per captioner actor; 0 runs on CPU (tests, tiny models)
+    concurrency: int = 1  # captioner actors
+    dtype: str = "bfloat16"  # on GPU; CPU runs in float32
+    use_ocr: bool = True  # put the row's `ocr_text` into the prompt
+    max_ocr_chars: int = 300  # longer OCR text is cut to this many characters
+    recaption: bool = False  # caption rows that already have a caption (a re-run otherwise skips them)
+    decode_timeout_s: float = 60.0  # per row, in the isolated decoder
+
+
+@dataclass(frozen=True)
 class OperatorSpec:
     """One operator named in the config, with its parameters and resources."""
 
@@ -118,6 +139,7 @@ class PipelineConfig:
     image_extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
     video_extensions: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".ts", ".flv", ".mpg", ".mpeg")
     clustering: ClusteringConfig = ClusteringConfig()
+    captioning: CaptionConfig = CaptionConfig()
     stages: tuple[StageSpec, ...] = ()
     report: bool = True  # write <output>/report.html at the end of the run
     raw: dict[str, Any] = field(default_factory=dict)
@@ -131,7 +153,7 @@ class PipelineConfig:
 
 _TOP_KEYS = {
     "name", "profile", "split", "frames", "limits", "operators", "decide", "rows_per_file",
-    "image_extensions", "video_extensions", "clustering", "stages", "report",
+    "image_extensions", "video_extensions", "clustering", "captioning", "stages", "report",
 }
 _STAGE_KEYS = {f for f in StageSpec.__dataclass_fields__}
 _STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -153,6 +175,24 @@ def _build_section(cls: type, data: Any, where: str):
         default = getattr(cls(), key)
         kwargs[key] = _coerce(value, default, f"{where}.{key}")
     return cls(**kwargs)
+
+
+def _parse_captioning(data: Any) -> CaptionConfig:
+    c = _build_section(CaptionConfig, data, "captioning")
+    if c.num_frames < 2 or c.num_frames % 2:
+        raise ConfigError(f"captioning.num_frames: an even number >= 2 (Qwen2-VL pairs frames), got {c.num_frames}")
+    if c.short_side < 28 or c.max_new_tokens < 1 or c.batch_size < 1 or c.concurrency < 1:
+        raise ConfigError("captioning: short_side >= 28, max_new_tokens >= 1, batch_size >= 1 and concurrency >= 1 "
+                          "required")
+    if c.dtype not in ("bfloat16", "float16", "float32"):
+        raise ConfigError(f"captioning.dtype: bfloat16, float16 or float32, got {c.dtype!r}")
+    if c.enabled:
+        from curation import models
+
+        if c.model not in models.REGISTRY and not os.path.isdir(os.path.expanduser(c.model)):
+            raise ConfigError(f"captioning.model: {c.model!r} is neither a model registry key "
+                              f"({', '.join(sorted(models.REGISTRY))}) nor a local folder")
+    return c
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:
@@ -360,6 +400,7 @@ def parse_config(data: dict[str, Any]) -> PipelineConfig:
         video_extensions=_coerce(data.get("video_extensions", list(base.video_extensions)), base.video_extensions,
                                  "video_extensions"),
         clustering=_build_section(ClusteringConfig, data.get("clustering"), "clustering"),
+        captioning=_parse_captioning(data.get("captioning")),
         stages=_parse_stages(data.get("stages")),
         report=_coerce(data.get("report", True), True, "report"),
         raw=data,

@@ -125,7 +125,13 @@ def plan(cfg: PipelineConfig) -> GraphPlan:
         for col, dtype in op.produces.items():
             if col not in getattr(op, "intermediate", ()):
                 extra[col] = dtype
-    models = sorted({m for _, op in ops for m in op.models})
+    models = {m for _, op in ops for m in op.models}
+    if cfg.captioning.enabled:
+        from curation.models import REGISTRY
+
+        if cfg.captioning.model in REGISTRY:  # else a local checkpoint folder, checked by the config loader
+            models.add(cfg.captioning.model)
+    models = sorted(models)
     return GraphPlan(operators=ops, schema=manifest_schema(extra), models=models)
 
 
@@ -262,6 +268,8 @@ def run_pipeline(inputs: list[str], output: str | Path, cfg: PipelineConfig, lim
         raise RuntimeError(f"internal error: sources with missing clips after the graph finished: {incomplete}")
     clustering = _cluster(output, cfg)
     t_cluster = time.time()
+    captioning = _caption(output, cfg)
+    t_caption = time.time()
     from curation.stages import write_stages
 
     stages = write_stages(output, cfg.stages)
@@ -286,10 +294,12 @@ def run_pipeline(inputs: list[str], output: str | Path, cfg: PipelineConfig, lim
         "files_written_this_run": writer.files,
         "counts": counts(output),
         "clustering": clustering,
+        "captioning": captioning,
         "stages": stages,
         "operator_notes": {spec.name: op.note for spec, op in graph.operators if getattr(op, "note", None)},
         "timings_s": {"listing": round(t_list - t0, 3), "graph": round(t_graph - t_list, 3),
-                      "clustering": round(t_cluster - t_graph, 3), "stages": round(t_stages - t_cluster, 3),
+                      "clustering": round(t_cluster - t_graph, 3), "captioning": round(t_caption - t_cluster, 3),
+                      "stages": round(t_stages - t_caption, 3),
                       "total": round(time.time() - t0, 3)},
         "ray_data_stats": stats,
     }
@@ -317,6 +327,15 @@ def _check_models(keys: list[str]) -> dict[str, Any]:
 
     require(keys)
     return describe(keys)
+
+
+def _caption(output: Path, cfg: PipelineConfig) -> dict[str, Any]:
+    """Caption the kept rows (Qwen2-VL + OCR text), a Ray pass after clustering; off: say so in run.json."""
+    if not cfg.captioning.enabled:
+        return {"enabled": False, "note": "captioning is off (captioning.enabled); `caption` stays null"}
+    from captioner.manifest import caption_manifest
+
+    return caption_manifest(output, cfg.captioning, cfg.limits)
 
 
 def _cluster(output: Path, cfg: PipelineConfig) -> dict[str, Any]:

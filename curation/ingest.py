@@ -240,3 +240,22 @@ def _ragged(values: list[np.ndarray]) -> np.ndarray:
 def drop_views(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Remove the frame views (and other intermediate columns) before anything is written."""
     return {k: v for k, v in batch.items() if k not in FRAME_VIEW_COLUMNS and not k.startswith("_")}
+
+
+def row_frames(row: dict[str, Any], frames: FramesConfig, max_pixels: int, timeout_s: float) -> np.ndarray:
+    """The uniform RGB `frames` view (K, H, W, 3) of one manifest row (a clip or an image), decoded again from its
+    source through the isolated decoder helper, as the graph decodes it. For passes after the graph (captions,
+    report thumbnails). Raises DecoderError or SourceError."""
+    media = str(row.get("media_type"))
+    rot = _int_or_zero(row.get("rotation"))
+    if media == "image":
+        coded, start, end, fps = (0, 0), 0, 1, None
+    else:
+        coded = _coded_wh(int(row["width"]), int(row["height"]), rot)
+        start, end, fps = int(row["start_frame"]), int(row["end_frame"]), float(row["fps"])
+    with open_local(str(row["source_uri"])) as path:
+        _, arrays = run_isolated(
+            "views", {"path": path, "media_type": media, "start": start, "end": end, "fps": fps,
+                      "coded_wh": list(coded), "rotation": rot, "frames": dataclasses.asdict(frames),
+                      "max_pixels": max_pixels, "deadline_s": timeout_s}, timeout_s=timeout_s, max_pixels=max_pixels)
+    return arrays["frames"]

@@ -39,7 +39,7 @@ SCORE_COLUMNS = ("sharpness", "exposure", "contrast", "black_border_ratio", "mot
                  "aesthetic_score", "synthetic_score", "quality_score")
 ROW_COLUMNS = ("sample_id", "source_uri", "media_type", "start_frame", "end_frame", "fps", "width", "height",
                "rotation", "duration_s", "status", "reject_reasons", "error", "motion_tier", "cluster_id",
-               "ocr_text") + SCORE_COLUMNS
+               "ocr_text", "caption") + SCORE_COLUMNS
 
 
 def _read_rows(output: Path, max_rows: int, seed: int = 0) -> pd.DataFrame:
@@ -136,31 +136,14 @@ def thumbnail(row: dict[str, Any], size: int = 160, timeout_s: float = 30.0) -> 
     """The middle frame of a clip (or the image) as a base64 JPEG data URI, `size` px on the short side; None if it
     cannot be decoded. Decoding goes through the same isolated decoder helper as the pipeline (time limit, memory
     cap, a crash stays in the helper)."""
-    import dataclasses
-
     from PIL import Image
 
     from curation.config import FramesConfig, LimitsConfig
-    from curation.limits import run_isolated
-    from curation.sources import open_local
+    from curation.ingest import row_frames
 
-    frames_cfg = dataclasses.asdict(FramesConfig(num_frames=3, short_side=size, motion_fps=0.5, motion_width=16))
-    max_pixels = LimitsConfig().max_pixels
     try:
-        media = str(row.get("media_type"))
-        rot = int(row.get("rotation") or 0) if row.get("rotation") == row.get("rotation") else 0
-        if media == "image":
-            coded, start, end, fps = (0, 0), 0, 1, None
-        else:
-            w, h = int(row["width"]), int(row["height"])
-            coded = (h, w) if rot % 180 == 90 else (w, h)
-            start, end, fps = int(row["start_frame"]), int(row["end_frame"]), float(row["fps"])
-        with open_local(str(row["source_uri"])) as path:
-            _, arrays = run_isolated(
-                "views", {"path": path, "media_type": media, "start": start, "end": end, "fps": fps,
-                          "coded_wh": list(coded), "rotation": rot, "frames": frames_cfg, "max_pixels": max_pixels,
-                          "deadline_s": timeout_s}, timeout_s=timeout_s, max_pixels=max_pixels)
-        frames = arrays["frames"]
+        frames = row_frames(row, FramesConfig(num_frames=3, short_side=size, motion_fps=0.5, motion_width=16),
+                            LimitsConfig().max_pixels, timeout_s)
         frame = frames[len(frames) // 2]
     except Exception as exc:  # a preview is optional; say why in the log
         log.info("no preview for %s: %s", row.get("sample_id"), exc)
@@ -170,9 +153,24 @@ def thumbnail(row: dict[str, Any], size: int = 160, timeout_s: float = 30.0) -> 
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _caption_note(summary: dict[str, Any] | None) -> dict[str, str]:
+    """One line on the captioning pass for the notes list (off, or how many rows were captioned)."""
+    if not summary:
+        return {}
+    if not summary.get("enabled"):
+        return {"captioning": summary.get("note", "off")}
+    line = (f"{summary.get('captioned', 0)} of {summary.get('to_caption', 0)} rows captioned this run by "
+            f"{summary.get('model')}, {summary.get('failed', 0)} failed")
+    examples = summary.get("error_examples") or []
+    return {"captioning": line + (f" (e.g. {examples[0]})" if examples else "")}
+
+
 def _card(row: dict[str, Any], size: int, extra: list[str]) -> dict[str, Any]:
     name = os.path.basename(str(row["source_uri"]))
     span = "" if row.get("media_type") == "image" else f" [{int(row['start_frame'])}, {int(row['end_frame'])})"
+    caption = row.get("caption")
+    if isinstance(caption, str) and caption:
+        extra = [*extra, "caption: " + (caption if len(caption) <= 240 else caption[:240].rstrip() + "…")]
     return {"img": thumbnail(row, size), "title": name + span, "sample_id": row["sample_id"],
             "lines": [x for x in extra if x]}
 
@@ -325,7 +323,7 @@ def build_report(output: str | os.PathLike, max_examples: int = 6, thumb: int = 
         timings=", ".join(f"{k} {v:.1f} s" for k, v in (run.get("timings_s") or {}).items()),
         versions=", ".join(f"{k} {v}" for k, v in (run.get("versions") or {}).items()),
         models=", ".join(sorted(run.get("models") or {})) or "none",
-        notes=run.get("operator_notes") or {},
+        notes={**(run.get("operator_notes") or {}), **_caption_note(run.get("captioning"))},
         errors=errors,
         stages=run.get("stages") or {},
         sampled=len(df) if counts.get("rows", 0) > len(df) else 0,

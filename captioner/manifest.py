@@ -1,0 +1,171 @@
+"""The captioning pass: after clustering, caption the kept rows of `<output>/samples/` and fill `caption` and
+`caption_source` in the part files in place (DESIGN.md §1).
+
+A Ray Data pass, like clustering's: read the parts (with their paths) → keep rows with `status == kept` and no
+caption yet (all kept rows with `recaption`) → decode each row's frames again from its source (CPU tasks, the
+isolated decoder helper: time limit, memory cap) → caption in batches on GPU actors (`Qwen2VLCaptioner`, model
+loaded once per actor) → group by part file and rewrite each part once (temp file, then rename), leaving every other
+column as it was. Rejected and failed rows are not captioned.
+
+A row that cannot be decoded or captioned keeps a null caption; the summary in run.json counts those and gives the
+first error messages. A re-run captions only what is still missing, so an interrupted pass resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation.config import CaptionConfig, FramesConfig, LimitsConfig
+
+log = logging.getLogger("curation.captioner")
+
+_READ = ("sample_id", "source_uri", "media_type", "start_frame", "end_frame", "fps", "width", "height", "rotation",
+         "ocr_text", "status", "caption")
+_MAX_ERRORS = 5
+
+
+def _parts(output: Path) -> list[Path]:
+    return sorted((output / "samples").glob("part-*.parquet"))
+
+
+def _todo(parts: list[Path], recaption: bool) -> int:
+    n = 0
+    for p in parts:
+        t = pq.read_table(p, columns=[c for c in ("status", "caption") if c in pq.read_schema(p).names])
+        kept = np.array(t.column("status").to_pylist(), dtype=object) == "kept"
+        if not recaption and "caption" in t.column_names:
+            kept &= np.array([c is None for c in t.column("caption").to_pylist()])
+        n += int(kept.sum())
+    return n
+
+
+def _decode(batch: pd.DataFrame, cfg: CaptionConfig, limits: LimitsConfig) -> pd.DataFrame:
+    """Ray map_batches body (CPU task): the captioner's frames of each row, or the decode error."""
+    from curation.ingest import row_frames
+
+    frames_cfg = FramesConfig(num_frames=cfg.num_frames, short_side=cfg.short_side, motion_fps=0.5, motion_width=16)
+    frames, errors = [], []
+    for row in batch.to_dict("records"):
+        try:
+            frames.append(row_frames(row, frames_cfg, limits.max_pixels, cfg.decode_timeout_s))
+            errors.append(None)
+        except Exception as exc:  # noqa: BLE001 - one bad row must not sink the pass
+            frames.append(np.zeros((0, 1, 1, 3), np.uint8))  # an empty view, not None: the column stays a tensor
+            errors.append(f"decode: {type(exc).__name__}: {exc}")
+    out = batch[["path", "sample_id", "media_type", "ocr_text"]].copy()
+    out["frames"] = frames
+    out["caption_error"] = errors
+    return out
+
+
+class _Caption:
+    """Ray map_batches body (GPU actor): captions for a batch of decoded rows."""
+
+    def __init__(self, cfg: CaptionConfig):
+        from captioner.qwen2vl import Qwen2VLCaptioner
+
+        self.captioner = Qwen2VLCaptioner(cfg.model, device="cuda" if cfg.num_gpus > 0 else "cpu", dtype=cfg.dtype,
+                                          max_new_tokens=cfg.max_new_tokens, short_side=cfg.short_side,
+                                          use_ocr=cfg.use_ocr, max_ocr_chars=cfg.max_ocr_chars)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        out = batch[["path", "sample_id"]].copy()
+        captions: list[str | None] = [None] * len(batch)
+        sources: list[str | None] = [None] * len(batch)
+        errors = list(batch["caption_error"])
+        ready = [i for i in range(len(batch)) if errors[i] is None]
+        items = [{"frames": batch["frames"].iloc[i], "media_type": batch["media_type"].iloc[i],
+                  "ocr_text": batch["ocr_text"].iloc[i]} for i in ready]
+        try:
+            results = self.captioner.caption(items)
+        except Exception as exc:  # noqa: BLE001 - the batch's rows keep null captions, with the reason
+            results = [(None, None)] * len(ready)
+            for i in ready:
+                errors[i] = f"caption: {type(exc).__name__}: {exc}"
+        for i, (cap, src) in zip(ready, results):
+            captions[i], sources[i] = cap, src
+            if cap is None and errors[i] is None:
+                errors[i] = "caption: the model's answer was empty after cleaning"
+        out["caption"], out["caption_source"], out["caption_error"] = captions, sources, errors
+        return out
+
+
+def _write_part(batch: pd.DataFrame) -> pd.DataFrame:
+    """Ray map_groups body: fill one part file's `caption` / `caption_source` for the captioned rows."""
+    from curation.clustering import _set_column
+
+    path = Path(batch["path"].iloc[0])
+    table = pq.read_table(path)
+    got = {s: (c, src) for s, c, src in zip(batch["sample_id"], batch["caption"], batch["caption_source"])
+           if isinstance(c, str)}
+    ids = table.column("sample_id").to_pylist()
+    old_c = table.column("caption").to_pylist() if "caption" in table.column_names else [None] * len(ids)
+    old_s = (table.column("caption_source").to_pylist() if "caption_source" in table.column_names
+             else [None] * len(ids))
+    caps = [got[s][0] if s in got else c for s, c in zip(ids, old_c)]
+    srcs = [got[s][1] if s in got else c for s, c in zip(ids, old_s)]
+    if got:
+        table = _set_column(table, "caption", pa.array(caps, pa.string()))
+        table = _set_column(table, "caption_source", pa.array(srcs, pa.string()))
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+    errors = [e for e in batch["caption_error"] if isinstance(e, str)]
+    return pd.DataFrame({"path": [str(path)], "attempted": [len(batch)], "captioned": [len(got)],
+                         "failed": [len(errors)], "errors": [errors[:_MAX_ERRORS]]})
+
+
+def caption_manifest(output_dir: str | os.PathLike, cfg: CaptionConfig,
+                     limits: LimitsConfig = LimitsConfig()) -> dict[str, Any]:
+    """Caption the kept rows of `<output>/samples/` that have no caption yet; return the summary for run.json."""
+    import ray
+
+    out = Path(output_dir)
+    t0 = time.perf_counter()
+    parts = _parts(out)
+    from captioner.qwen2vl import model_name
+
+    summary: dict[str, Any] = {"enabled": True, "model": model_name(cfg.model), "model_source": cfg.model,
+                               "parts": len(parts)}
+    todo = _todo(parts, cfg.recaption) if parts else 0
+    summary["to_caption"] = todo
+    if todo == 0:
+        return {**summary, "captioned": 0, "failed": 0, "seconds": round(time.perf_counter() - t0, 3)}
+    names = pq.read_schema(parts[0]).names
+    cols = [c for c in _READ if c in names]
+    ds = ray.data.read_parquet([str(p) for p in parts], include_paths=True, columns=cols)
+    recaption = cfg.recaption
+
+    def wanted(b: pd.DataFrame) -> pd.DataFrame:
+        keep = b["status"] == "kept"
+        if not recaption and "caption" in b:
+            keep &= b["caption"].isna()
+        b = b[keep]
+        if "ocr_text" not in b:
+            b = b.assign(ocr_text=None)
+        return b
+
+    ds = ds.map_batches(wanted, batch_format="pandas")
+    ds = ds.map_batches(_decode, fn_kwargs={"cfg": cfg, "limits": limits}, batch_format="pandas",
+                        batch_size=cfg.batch_size, num_cpus=1)
+    ds = ds.map_batches(_Caption, fn_constructor_args=(cfg,), batch_format="pandas", batch_size=cfg.batch_size,
+                        concurrency=cfg.concurrency, num_gpus=cfg.num_gpus,
+                        num_cpus=1 if cfg.num_gpus == 0 else None)
+    done = ds.groupby("path", num_partitions=max(1, min(len(parts), 64))).map_groups(_write_part,
+                                                                                     batch_format="pandas")
+    stats = done.to_pandas()
+    errors = [e for es in stats["errors"] for e in list(es)][:_MAX_ERRORS] if len(stats) else []
+    summary.update(captioned=int(stats["captioned"].sum()) if len(stats) else 0,
+                   failed=int(stats["failed"].sum()) if len(stats) else 0, error_examples=errors,
+                   seconds=round(time.perf_counter() - t0, 3))
+    log.info("captioning: %d of %d rows captioned, %d failed", summary["captioned"], todo, summary["failed"])
+    return summary

@@ -1,0 +1,159 @@
+"""Dense captions with Qwen2-VL (Hugging Face transformers), the clip's OCR text in the prompt.
+
+What the model gets per row: a video clip as `num_frames` uniform frames (an even number: Qwen2-VL merges pairs of
+frames in time) at `short_side` px, or an image; and an instruction asking for one present-tense paragraph on the
+subjects and their actions, the setting, camera movement and shot type, lighting and style, which is what a
+text-to-video model is trained to follow. When the row has `ocr_text`, the prompt quotes it (cut to
+`max_ocr_chars`) as text read from the screen, flagged as possibly wrong, so the caption can name on-screen text
+without the model having to read small subtitles itself (the Wan paper's dense captions combine OCR and a VLM the
+same way).
+
+Generation is greedy (`do_sample=False`) so a re-run gives the same caption, batched with left padding. The output is
+cleaned by `clean_caption`: boilerplate openings ("The video shows", "In this image, ...") are cut, whitespace is
+collapsed, and a sentence left unfinished by `max_new_tokens` is dropped when a finished one precedes it.
+
+`caption_source` says what made the caption: the model's name (registry key, or the folder name of a local
+checkpoint), with `+ocr` when OCR text was in the prompt.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+VIDEO_PROMPT = (
+    "Describe this video clip in detail, as a caption for training a video generation model: the main subjects and "
+    "what they do, the setting, the camera movement and shot type, the lighting, colours and visual style. Write one "
+    "fluent paragraph in the present tense, without any preamble."
+)
+IMAGE_PROMPT = (
+    "Describe this image in detail, as a caption for training an image and video generation model: the main "
+    "subjects, the setting, the composition and shot type, the lighting, colours and visual style. Write one fluent "
+    "paragraph in the present tense, without any preamble."
+)
+OCR_CLAUSE = ' Text visible on screen, read by OCR (it may contain mistakes): "{text}". Quote it where it matters.'
+
+_BOILERPLATE = re.compile(
+    r"^\s*(?:(?:in|throughout)\s+(?:this|the)\s+(?:video|clip|image|picture|footage|scene)\s*,?\s*"
+    r"|(?:this|the)\s+(?:video|clip|image|picture|footage)\s+(?:shows|depicts|features|captures|presents|displays"
+    r"|showcases|is\s+showing)(?:\s+|$))",
+    re.IGNORECASE,
+)
+_SENTENCE_END = ".!?。！？\"'”’)"
+
+
+def build_prompt(media_type: str, ocr_text: Any, use_ocr: bool = True, max_ocr_chars: int = 300) -> tuple[str, bool]:
+    """(instruction text, whether OCR text is in it) for one row."""
+    prompt = IMAGE_PROMPT if media_type == "image" else VIDEO_PROMPT
+    text = ocr_text if isinstance(ocr_text, str) else ""
+    text = " / ".join(line.strip() for line in text.splitlines() if line.strip())
+    if not use_ocr or not text:
+        return prompt, False
+    if len(text) > max_ocr_chars:
+        text = text[:max_ocr_chars].rstrip() + "…"
+    return prompt + OCR_CLAUSE.format(text=text.replace('"', "'")), True
+
+
+def clean_caption(text: str) -> str | None:
+    """The model's answer as a caption: boilerplate opening cut, whitespace collapsed, an unfinished last sentence
+    dropped when a finished one precedes it; None when nothing is left."""
+    text = " ".join(text.split())
+    text = _BOILERPLATE.sub("", text, count=1).strip()
+    if not text:
+        return None
+    text = text[0].upper() + text[1:]
+    if text[-1] not in _SENTENCE_END:
+        cut = max(text.rfind(p) for p in ".!?。！？")
+        if cut > 0:
+            text = text[: cut + 1]
+    return text
+
+
+def model_name(model: str) -> str:
+    """The name `caption_source` uses for a registry key or a local checkpoint folder."""
+    return Path(os.path.expanduser(model)).name if os.path.isdir(os.path.expanduser(model)) else model
+
+
+def resolve_model(model: str) -> Path:
+    """The local folder of the captioning model: a registry key resolved from the model cache, or a folder."""
+    local = Path(os.path.expanduser(model))
+    if local.is_dir():
+        return local
+    from curation import models
+
+    return models.resolve(model)
+
+
+def fit_frames(frames: np.ndarray, short_side: int, multiple: int = 28) -> np.ndarray:
+    """Frames resized so the short side is about `short_side` and both sides are multiples of `multiple` (Qwen2-VL's
+    patch 14 x spatial merge 2), so the processor does not resize them again."""
+    import cv2
+
+    h, w = frames.shape[1:3]
+    scale = short_side / float(min(h, w))
+    nh = max(multiple, int(round(h * scale / multiple)) * multiple)
+    nw = max(multiple, int(round(w * scale / multiple)) * multiple)
+    if (nh, nw) == (h, w):
+        return frames
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    return np.stack([cv2.resize(np.ascontiguousarray(f), (nw, nh), interpolation=interp) for f in frames])
+
+
+class Qwen2VLCaptioner:
+    """A loaded Qwen2-VL model and processor that caption batches of rows."""
+
+    def __init__(self, model: str = "qwen2-vl-7b", device: str | None = None, dtype: str = "bfloat16",
+                 max_new_tokens: int = 200, short_side: int = 336, use_ocr: bool = True, max_ocr_chars: int = 300):
+        import torch
+        from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+        folder = resolve_model(model)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch_dtype = getattr(torch, dtype) if self.device != "cpu" else torch.float32
+        self.processor = AutoProcessor.from_pretrained(folder)
+        self.processor.tokenizer.padding_side = "left"  # generation continues each row right after its prompt
+        net = Qwen2VLForConditionalGeneration.from_pretrained(folder, dtype=torch_dtype, attn_implementation="sdpa")
+        self.model = net.to(self.device)
+        self.model.eval()
+        self.name = model_name(model)
+        self.max_new_tokens = max_new_tokens
+        self.short_side = short_side
+        self.use_ocr = use_ocr
+        self.max_ocr_chars = max_ocr_chars
+
+    def caption(self, items: list[dict[str, Any]]) -> list[tuple[str | None, str | None]]:
+        """(caption, caption_source) per item; an item has `frames` (K, H, W, 3) uint8 RGB, `media_type` and
+        `ocr_text`. One generate() call for all items."""
+        import torch
+
+        if not items:
+            return []
+        texts, images, videos, with_ocr = [], [], [], []
+        for it in items:
+            prompt, ocr = build_prompt(str(it["media_type"]), it.get("ocr_text"), self.use_ocr, self.max_ocr_chars)
+            frames = fit_frames(np.asarray(it["frames"]), self.short_side)
+            kind = "image" if it["media_type"] == "image" else "video"
+            if kind == "image":
+                images.append(frames[len(frames) // 2])
+            else:
+                videos.append(frames[: len(frames) - len(frames) % 2] if len(frames) > 1 else np.repeat(frames, 2, 0))
+            messages = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": prompt}]}]
+            texts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+            with_ocr.append(ocr)
+        kwargs: dict[str, Any] = {"images": images} if images else {}
+        if videos:
+            # Frames are already sized by `short_side`; the reference per-frame pixel cap keeps it that way.
+            kwargs.update(videos=videos, videos_kwargs={"cap_pixels_per_frame": True})
+        inputs = self.processor(text=texts, padding=True, return_tensors="pt", **kwargs).to(self.device)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+        answers = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        result = []
+        for answer, ocr in zip(answers, with_ocr):
+            cap = clean_caption(answer)
+            result.append((cap, None if cap is None else self.name + ("+ocr" if ocr else "")))
+        return result
