@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.config import CaptionConfig, FramesConfig, LimitsConfig
+from curation.config import CaptionConfig, FramesConfig, LimitsConfig, PipelineConfig
 
 log = logging.getLogger("curation.captioner")
 
@@ -168,4 +168,31 @@ def caption_manifest(output_dir: str | os.PathLike, cfg: CaptionConfig,
                    failed=int(stats["failed"].sum()) if len(stats) else 0, error_examples=errors,
                    seconds=round(time.perf_counter() - t0, 3))
     log.info("captioning: %d of %d rows captioned, %d failed", summary["captioned"], todo, summary["failed"])
+    return summary
+
+
+def caption_existing_run(output_dir: str | os.PathLike, cfg: PipelineConfig) -> dict[str, Any]:
+    """`curation caption`: caption an output written earlier (with captioning off, or interrupted), then rewrite
+    its stage mixes so they carry the captions, record the pass in run.json and rewrite report.html."""
+    import dataclasses
+    import json
+
+    from curation.manifest import write_json_atomic
+    from curation.stages import write_stages
+
+    out = Path(output_dir)
+    if not _parts(out):
+        raise FileNotFoundError(f"{out}/samples/ has no part files: nothing to caption")
+    summary = caption_manifest(out, dataclasses.replace(cfg.captioning, enabled=True), cfg.limits)
+    stages = write_stages(out, cfg.stages)
+    run_path = out / "run.json"
+    if run_path.exists():
+        run = json.loads(run_path.read_text())
+        run["captioning"] = summary
+        run["stages"] = stages
+        write_json_atomic(run, run_path)
+        if cfg.report:
+            from curation.report import build_report
+
+            build_report(out)
     return summary

@@ -112,22 +112,38 @@ class Qwen2VLCaptioner:
         from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
         folder = resolve_model(model)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        torch_dtype = getattr(torch, dtype) if self.device != "cpu" else torch.float32
-        self.processor = AutoProcessor.from_pretrained(folder)
-        self.processor.tokenizer.padding_side = "left"  # generation continues each row right after its prompt
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch_dtype = getattr(torch, dtype) if device != "cpu" else torch.float32
+        processor = AutoProcessor.from_pretrained(folder)
         net = Qwen2VLForConditionalGeneration.from_pretrained(folder, dtype=torch_dtype, attn_implementation="sdpa")
-        self.model = net.to(self.device)
+        self._setup(net.to(device), processor, model_name(model), device, max_new_tokens, short_side, use_ocr,
+                    max_ocr_chars)
+
+    @classmethod
+    def from_loaded(cls, net: Any, processor: Any, name: str, max_new_tokens: int = 200, short_side: int = 336,
+                    use_ocr: bool = True, max_ocr_chars: int = 300) -> Qwen2VLCaptioner:
+        """A captioner around a model and processor already in memory (benchmarks, notebooks)."""
+        self = cls.__new__(cls)
+        self._setup(net, processor, name, str(next(net.parameters()).device), max_new_tokens, short_side, use_ocr,
+                    max_ocr_chars)
+        return self
+
+    def _setup(self, net: Any, processor: Any, name: str, device: str, max_new_tokens: int, short_side: int,
+               use_ocr: bool, max_ocr_chars: int) -> None:
+        self.model = net
         self.model.eval()
-        self.name = model_name(model)
+        self.processor = processor
+        self.processor.tokenizer.padding_side = "left"  # generation continues each row right after its prompt
+        self.name = name
+        self.device = device
         self.max_new_tokens = max_new_tokens
         self.short_side = short_side
         self.use_ocr = use_ocr
         self.max_ocr_chars = max_ocr_chars
 
-    def caption(self, items: list[dict[str, Any]]) -> list[tuple[str | None, str | None]]:
+    def caption(self, items: list[dict[str, Any]], **generate: Any) -> list[tuple[str | None, str | None]]:
         """(caption, caption_source) per item; an item has `frames` (K, H, W, 3) uint8 RGB, `media_type` and
-        `ocr_text`. One generate() call for all items."""
+        `ocr_text`. One generate() call for all items (`generate` adds keyword arguments to it)."""
         import torch
 
         if not items:
@@ -150,7 +166,8 @@ class Qwen2VLCaptioner:
             kwargs.update(videos=videos, videos_kwargs={"cap_pixels_per_frame": True})
         inputs = self.processor(text=texts, padding=True, return_tensors="pt", **kwargs).to(self.device)
         with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+            out = self.model.generate(**inputs, **{"max_new_tokens": self.max_new_tokens, "do_sample": False,
+                                                   **generate})
         answers = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         result = []
         for answer, ocr in zip(answers, with_ocr):

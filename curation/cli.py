@@ -41,6 +41,24 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_caption(args: argparse.Namespace) -> int:
+    from captioner.manifest import caption_existing_run
+    from curation.config import load_config
+    from curation.graph import _check_models
+    from curation.models import REGISTRY
+    from curation.runner import init_ray
+
+    cfg = load_config(args.config)
+    if not any((Path(args.output) / "samples").glob("part-*.parquet")):
+        print(f"error: {args.output}/samples/ has no part files: nothing to caption", file=sys.stderr)
+        return 2
+    if cfg.captioning.model in REGISTRY:
+        _check_models([cfg.captioning.model])  # missing weights: one message with how to get them, before Ray starts
+    init_ray(args.address)
+    print(json.dumps(caption_existing_run(args.output, cfg), indent=2))
+    return 0
+
+
 def _add_optional(sub: argparse._SubParsersAction, module: str) -> None:
     """Let a feature module add its own sub-commands (models, heads, scorer) when it is installed."""
     import importlib
@@ -81,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("output")
     rp.add_argument("--examples", type=int, default=6, help="thumbnails per reject reason / section")
     rp.set_defaults(func=_cmd_report)
+
+    cp = sub.add_parser("caption", help="caption the kept rows of an OUTPUT written earlier (the config's "
+                        "captioning: section), then rewrite its stage mixes and report")
+    cp.add_argument("output")
+    cp.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline YAML whose captioning:, stages: and "
+                    "limits: apply (default: demo.yaml)")
+    cp.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    cp.set_defaults(func=_cmd_caption)
 
     _add_optional(sub, "curation.heads_cli")
     return p

@@ -5,6 +5,9 @@ offline (tests/tiny_qwen2vl.py): plumbing only, its captions are noise."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -16,7 +19,7 @@ import yaml
 
 from captioner.qwen2vl import Qwen2VLCaptioner, build_prompt, clean_caption, fit_frames
 from curation.config import ConfigError, parse_config
-from conftest import DEMO_CONFIG, run_pipeline_cli
+from conftest import DEMO_CONFIG, ROOT, run_pipeline_cli
 from tiny_qwen2vl import build_tiny_qwen2vl
 
 
@@ -123,11 +126,14 @@ def test_pipeline_captions_the_kept_rows_and_resumes(tmp_path, sample_dir, tiny_
     html = (out / "report.html").read_text()
     assert f"{summary['captioned']} of {len(kept)} rows captioned this run by tiny-qwen2-vl" in html
     assert html.count("caption: ") >= 1
-    # A re-run has nothing left to caption (rows captioned already are skipped) and changes no caption.
-    proc = run_pipeline_cli(inputs, out, config=config)
+    # `curation caption` on the same output has nothing left to caption (rows captioned already are skipped),
+    # changes no caption and records its pass in run.json.
+    proc = subprocess.run([sys.executable, "-m", "curation.cli", "caption", str(out), "--config", str(config)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     again = json.loads((out / "run.json").read_text())["captioning"]
-    assert again["to_caption"] == summary["failed"], again
+    assert again["to_caption"] == summary["failed"] and again["captioned"] == 0, again
     df2 = pd.read_parquet(out / "samples").set_index("sample_id")
     for sid, text in zip(captioned["sample_id"], captioned["caption"]):
         assert df2.loc[sid, "caption"] == text
@@ -166,3 +172,11 @@ def test_gpu_bf16_batch(tiny_model):
                       + [{"frames": skimage.data.astronaut()[None], "media_type": "image", "ocr_text": None}])
     assert len(out) == 5 and out[0] == out[3]  # the same clip in one batch gets the same greedy caption
     assert all(src in (None, "tiny-qwen2-vl+ocr") for _, src in out[:4]) and out[4][1] in (None, "tiny-qwen2-vl")
+
+
+def test_caption_command_needs_an_output(tmp_path, tiny_model):
+    config = _config(tmp_path, tiny_model)
+    proc = subprocess.run([sys.executable, "-m", "curation.cli", "caption", str(tmp_path / "none"), "--config",
+                           str(config)], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert proc.returncode == 2 and "nothing to caption" in proc.stderr and "Traceback" not in proc.stderr

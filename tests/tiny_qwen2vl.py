@@ -26,12 +26,10 @@ CORPUS = [
 ]
 
 
-def build_tiny_qwen2vl(folder: Path, seed: int = 0) -> Path:
-    """Write the checkpoint into `folder` (save_pretrained layout) and return it."""
-    import torch
+def build_processor():
+    """(Qwen2VLProcessor with the small trained tokenizer, {special token: id})."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration,
-                              Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
+    from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -47,6 +45,16 @@ def build_tiny_qwen2vl(folder: Path, seed: int = 0) -> Path:
     pixels = {"min_pixels": 28 * 28, "max_pixels": 448 * 448}
     processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=fast,
                                  video_processor=Qwen2VLVideoProcessor(**pixels), chat_template=CHAT_TEMPLATE)
+    return processor, ids
+
+
+def build_tiny_qwen2vl(folder: Path, seed: int = 0) -> Path:
+    """Write the checkpoint into `folder` (save_pretrained layout) and return it."""
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    processor, ids = build_processor()
+    fast = processor.tokenizer
     config = Qwen2VLConfig(
         text_config=dict(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
