@@ -140,6 +140,14 @@ def caption_manifest(output_dir: str | os.PathLike, cfg: CaptionConfig,
     summary["to_caption"] = todo
     if todo == 0:
         return {**summary, "captioned": 0, "failed": 0, "seconds": round(time.perf_counter() - t0, 3)}
+    need = cfg.num_gpus * cfg.concurrency
+    have = float(ray.cluster_resources().get("GPU", 0))
+    if need > have:
+        # Not an error: an autoscaling cluster adds GPU nodes on demand. Without one, the pass waits for them.
+        log.warning("captioning needs %g GPUs (captioning.num_gpus %g x concurrency %d) and the cluster has %g now; "
+                    "the pass waits until they exist (lower captioning.concurrency, or num_gpus: 0 for CPU)",
+                    need, cfg.num_gpus, cfg.concurrency, have)
+        summary["gpu_warning"] = f"needed {need:g} GPUs, the cluster had {have:g} at the start of the pass"
     names = pq.read_schema(parts[0]).names
     cols = [c for c in _READ if c in names]
     ds = ray.data.read_parquet([str(p) for p in parts], include_paths=True, columns=cols)

@@ -4,9 +4,9 @@ Which frames: one of the K uniform frames for every started `seconds_per_frame` 
 `num_frames` (3), spread evenly (the middle one when one, first and last included otherwise;
 `operators.framesel.frames_to_read`): a clip of up to 4 s is read on its middle frame, 4-8 s on 2 frames, longer
 clips on 3. Sampling by time keeps OCR's cost in step with decoding, which grows with duration too (issue #3:
-reading 3 frames of every 3 s, 480x272 sample clip cost 1.9x their whole decode on its own); the price is that text
-shown for less than ~4 s of a clip can be missed. `seconds_per_frame: 0` reads `num_frames` frames of every
-clip.
+reading 3 frames of every 3 s, 480x272 sample clip cost 1.5-1.9x their whole decode, OCR alone); the price is that
+text on screen for only part of a clip of up to 4 s, and not at its middle, is missed. `seconds_per_frame: 0` reads
+`num_frames` frames of every clip.
 
 What runs: the PP-OCRv4 text detector on the chosen frames, then the PP-OCRv4 recogniser (Chinese + English in one
 model) on the detected boxes. Both graphs are first rewritten by `operators.onnxfold` (scalar affine blocks folded
