@@ -4,6 +4,7 @@
   subprocess of a throw-away environment (`bench/_dj_env`, never a project dependency), timed the same way;
 - `--calibrate`: motion-tier confusion matrix, OCR character recall, watermark and NSFW scores per sample clip;
 - `--flow`: DIS presets vs Farneback, speed and end-point error on frames with known shifts (how DIS was chosen);
+- `--fold`: PP-OCRv4 detector and recogniser, shipped graphs vs the `operators.onnxfold` rewrite (CPU ms, output diff);
 - `--hd`: the same table on 5 s clips at 720p and 1080p, where decoding costs what it costs in production;
 - `--every`: also time OCR and NSFW on 3 frames of every clip whatever its duration (`seconds_per_frame: 0`, the
   default before they picked frames by duration: 1 frame per started 4 s, at most 3).
@@ -354,6 +355,43 @@ def flow_comparison(repeats: int = 30) -> list[dict]:
 
 # -- report ---------------------------------------------------------------------------------------------------------
 
+def fold_comparison(rounds: int = 15) -> list[dict]:
+    """PP-OCRv4 detector (one 288x480 frame) and recogniser (2 crops at 48x320): the shipped graphs against the ones
+    rewritten by `operators.onnxfold`, single-threaded, timed interleaved (median CPU ms), with the largest output
+    difference on a real photo."""
+    import cv2
+    import numpy as np
+    import onnxruntime as ort
+    import rapidocr_onnxruntime
+    import skimage.data
+
+    from operators.onnxfold import fold_affine_graph
+
+    folder = Path(rapidocr_onnxruntime.__file__).parent / "models"
+    out = []
+    for name, shape in (("ch_PP-OCRv4_det_infer.onnx", (1, 3, 288, 480)),
+                        ("ch_PP-OCRv4_rec_infer.onnx", (2, 3, 48, 320))):
+        shipped = (folder / name).read_bytes()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        sessions = [ort.InferenceSession(m, opts, providers=["CPUExecutionProvider"])
+                    for m in (shipped, fold_affine_graph(shipped)[0])]
+        n, _, h, w = shape
+        photo = cv2.resize(skimage.data.astronaut(), (w, h)).astype(np.float32) / 127.5 - 1.0
+        x = {sessions[0].get_inputs()[0].name: np.ascontiguousarray(np.repeat(photo.transpose(2, 0, 1)[None], n, 0))}
+        times: list[list[float]] = [[], []]
+        for _ in range(rounds):
+            for i, sess in enumerate(sessions):
+                c0 = time.process_time()
+                sess.run(None, x)
+                times[i].append(time.process_time() - c0)
+        diff = float(np.abs(sessions[0].run(None, x)[0] - sessions[1].run(None, x)[0]).max())
+        out.append({"model": name, "input": list(shape), "shipped_ms": 1000 * statistics.median(times[0]),
+                    "rewritten_ms": 1000 * statistics.median(times[1]), "max_abs_diff": diff})
+    return out
+
+
 def markdown(res: dict) -> str:
     """A readable summary of the JSON result."""
     lines = []
@@ -399,6 +437,12 @@ def markdown(res: dict) -> str:
         for f in res["flow"]:
             lines.append(f"| {f['engine']} | {f['ms_per_pair_cpu']:.2f} | "
                          + ", ".join(f"{v:.2f}" for v in f["epe_px"].values()) + " |")
+    if res.get("fold"):
+        lines += ["", "| PP-OCRv4 graph | input | shipped ms (CPU) | rewritten ms (CPU) | max abs output diff |",
+                  "|---|---|---:|---:|---:|"]
+        for f in res["fold"]:
+            lines.append(f"| {f['model']} | {'x'.join(map(str, f['input']))} | {f['shipped_ms']:.1f} | "
+                         f"{f['rewritten_ms']:.1f} | {f['max_abs_diff']:.1e} |")
     return "\n".join(lines)
 
 
@@ -412,6 +456,7 @@ def main() -> None:
     ap.add_argument("--dj", default=None, metavar="PYTHON", help="python of the Data-Juicer environment")
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--flow", action="store_true")
+    ap.add_argument("--fold", action="store_true", help="PP-OCR graphs: shipped vs operators.onnxfold rewrite")
     ap.add_argument("--no-throughput", action="store_true")
     ap.add_argument("--every", action="store_true", help="also time OCR / NSFW on 3 frames of every clip")
     ap.add_argument("--hd", action="store_true", help="also time 720p/1080p 5 s clips (decode ratio at real sizes)")
@@ -448,6 +493,8 @@ def main() -> None:
                                        {k: v for k, v in ops.items() if "@" not in k})
     if args.flow:
         res["flow"] = flow_comparison()
+    if args.fold:
+        res["fold"] = fold_comparison()
     text = markdown(res)
     print(text)
     if args.out:

@@ -101,7 +101,7 @@ class _Caption:
 
 def _write_part(batch: pd.DataFrame) -> pd.DataFrame:
     """Ray map_groups body: fill one part file's `caption` / `caption_source` for the captioned rows."""
-    from curation.clustering import _set_column
+    from curation.manifest import set_column, write_table_atomic
 
     path = Path(batch["path"].iloc[0])
     table = pq.read_table(path)
@@ -114,11 +114,9 @@ def _write_part(batch: pd.DataFrame) -> pd.DataFrame:
     caps = [got[s][0] if s in got else c for s, c in zip(ids, old_c)]
     srcs = [got[s][1] if s in got else c for s, c in zip(ids, old_s)]
     if got:
-        table = _set_column(table, "caption", pa.array(caps, pa.string()))
-        table = _set_column(table, "caption_source", pa.array(srcs, pa.string()))
-        tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+        table = set_column(table, "caption", pa.array(caps, pa.string()))
+        table = set_column(table, "caption_source", pa.array(srcs, pa.string()))
+        write_table_atomic(table, path)  # readers see the old file or the new one, never half of one
     errors = [e for e in batch["caption_error"] if isinstance(e, str)]
     return pd.DataFrame({"path": [str(path)], "attempted": [len(batch)], "captioned": [len(got)],
                          "failed": [len(errors)], "errors": [errors[:_MAX_ERRORS]]})

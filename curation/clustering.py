@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.dedup import DedupConfig, find_duplicates
+from curation.manifest import set_column, write_table_atomic
 
 log = logging.getLogger("curation.clustering")
 
@@ -248,8 +249,8 @@ def _rewrite_part(batch: pd.DataFrame, reject_duplicates: bool) -> pd.DataFrame:
     ids = table.column("sample_id").to_pylist()
     cid = [None if cluster.get(s, NO_CLUSTER) == NO_CLUSTER else int(cluster[s]) for s in ids]
     dof = [None if dup.get(s) is None or pd.isna(dup.get(s)) else str(dup[s]) for s in ids]
-    table = _set_column(table, "cluster_id", pa.array(cid, pa.int64()))
-    table = _set_column(table, "duplicate_of", pa.array(dof, pa.string()))
+    table = set_column(table, "cluster_id", pa.array(cid, pa.int64()))
+    table = set_column(table, "duplicate_of", pa.array(dof, pa.string()))
     n_dup = sum(d is not None for d in dof)
     if reject_duplicates and "reject_reasons" in table.column_names:
         status = table.column("status").to_pylist()
@@ -262,20 +263,10 @@ def _rewrite_part(batch: pd.DataFrame, reject_duplicates: bool) -> pd.DataFrame:
                 rs.append(DUPLICATE_REASON)
                 status[i] = "rejected"
             reasons[i] = rs
-        table = _set_column(table, "status", pa.array(status, table.schema.field("status").type))
-        table = _set_column(table, "reject_reasons", pa.array(reasons, table.schema.field("reject_reasons").type))
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+        table = set_column(table, "status", pa.array(status, table.schema.field("status").type))
+        table = set_column(table, "reject_reasons", pa.array(reasons, table.schema.field("reject_reasons").type))
+    write_table_atomic(table, path)  # readers see the old file or the new one, never half of one
     return pd.DataFrame({"path": [str(path)], "rows": [table.num_rows], "duplicates": [n_dup]})
-
-
-def _set_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
-    if name in table.column_names:
-        i = table.column_names.index(name)
-        field = table.schema.field(i)
-        return table.set_column(i, pa.field(name, values.type, field.nullable, field.metadata), values)
-    return table.append_column(name, values)
 
 
 def cluster_manifest(output_dir: str | os.PathLike, k: int = 100, sample_size: int = 200_000, seed: int = 0,

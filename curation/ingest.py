@@ -166,23 +166,9 @@ def attach_views(batch: dict[str, np.ndarray], cfg: PipelineConfig) -> dict[str,
         if status[i] == "failed":
             _fill(views, i, empty)
             continue
-        uri = batch["source_uri"][i]
+        row = {k: batch[k][i] for k in _VIEW_KEYS}
         try:
-            started = time.monotonic()
-            with open_local(uri) as path:
-                budget = max(0.0, cfg.limits.decode_timeout_s - (time.monotonic() - started))
-                media = str(batch["media_type"][i])
-                rot = _int_or_zero(batch["rotation"][i])
-                if media == "image":
-                    coded, start, end, fps = (0, 0), 0, 1, None
-                else:
-                    coded = _coded_wh(int(batch["width"][i]), int(batch["height"][i]), rot)
-                    start, end, fps = int(batch["start_frame"][i]), int(batch["end_frame"][i]), float(batch["fps"][i])
-                meta, arrays = run_isolated(
-                    "views", {"path": path, "media_type": media, "start": start, "end": end, "fps": fps,
-                              "coded_wh": list(coded), "rotation": rot, "frames": frames_cfg,
-                              "max_pixels": cfg.limits.max_pixels, "deadline_s": budget},
-                    timeout_s=budget, max_pixels=cfg.limits.max_pixels)
+            meta, arrays = row_views(row, frames_cfg, cfg.limits.max_pixels, cfg.limits.decode_timeout_s)
             _fill(views, i, {**arrays, "motion_fps": float(meta["motion_fps"])})
         except DecoderError as exc:
             status[i] = "failed"
@@ -242,20 +228,30 @@ def drop_views(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v for k, v in batch.items() if k not in FRAME_VIEW_COLUMNS and not k.startswith("_")}
 
 
-def row_frames(row: dict[str, Any], frames: FramesConfig, max_pixels: int, timeout_s: float) -> np.ndarray:
-    """The uniform RGB `frames` view (K, H, W, 3) of one manifest row (a clip or an image), decoded again from its
-    source through the isolated decoder helper, as the graph decodes it. For passes after the graph (captions,
-    report thumbnails). Raises DecoderError or SourceError."""
-    media = str(row.get("media_type"))
-    rot = _int_or_zero(row.get("rotation"))
-    if media == "image":
-        coded, start, end, fps = (0, 0), 0, 1, None
-    else:
-        coded = _coded_wh(int(row["width"]), int(row["height"]), rot)
-        start, end, fps = int(row["start_frame"]), int(row["end_frame"]), float(row["fps"])
+_VIEW_KEYS = ("source_uri", "media_type", "rotation", "width", "height", "start_frame", "end_frame", "fps")
+
+
+def row_views(row: dict[str, Any], frames: dict[str, Any], max_pixels: int,
+              timeout_s: float) -> tuple[dict, dict[str, np.ndarray]]:
+    """(meta, arrays) of one row's frame views (a clip or an image, `_VIEW_KEYS` of the row), decoded from its source
+    in the isolated decoder helper within `timeout_s`, download time included. Raises DecoderError or SourceError.
+    The graph's decode and the passes after it (captions, report thumbnails) all go through here."""
+    started = time.monotonic()
     with open_local(str(row["source_uri"])) as path:
-        _, arrays = run_isolated(
+        budget = max(0.0, timeout_s - (time.monotonic() - started))
+        media = str(row["media_type"])
+        rot = _int_or_zero(row.get("rotation"))
+        if media == "image":
+            coded, start, end, fps = (0, 0), 0, 1, None
+        else:
+            coded = _coded_wh(int(row["width"]), int(row["height"]), rot)
+            start, end, fps = int(row["start_frame"]), int(row["end_frame"]), float(row["fps"])
+        return run_isolated(
             "views", {"path": path, "media_type": media, "start": start, "end": end, "fps": fps,
-                      "coded_wh": list(coded), "rotation": rot, "frames": dataclasses.asdict(frames),
-                      "max_pixels": max_pixels, "deadline_s": timeout_s}, timeout_s=timeout_s, max_pixels=max_pixels)
-    return arrays["frames"]
+                      "coded_wh": list(coded), "rotation": rot, "frames": frames, "max_pixels": max_pixels,
+                      "deadline_s": budget}, timeout_s=budget, max_pixels=max_pixels)
+
+
+def row_frames(row: dict[str, Any], frames: FramesConfig, max_pixels: int, timeout_s: float) -> np.ndarray:
+    """The uniform RGB `frames` view (K, H, W, 3) of one manifest row, decoded again (`row_views`)."""
+    return row_views(row, dataclasses.asdict(frames), max_pixels, timeout_s)[1]["frames"]

@@ -57,6 +57,15 @@ def finished_sources(output: str | Path) -> set[str]:
     return set(t.column("source_uri").unique().to_pylist())
 
 
+def set_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    """`table` with column `name` replaced by `values` (same position and field metadata), or appended."""
+    if name in table.column_names:
+        i = table.column_names.index(name)
+        field = table.schema.field(i)
+        return table.set_column(i, pa.field(name, values.type, field.nullable, field.metadata), values)
+    return table.append_column(name, values)
+
+
 def write_table_atomic(table: pa.Table, path: Path) -> None:
     """Write a zstd Parquet file under a temporary name, fsync it, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)

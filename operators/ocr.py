@@ -10,7 +10,7 @@ text on screen for only part of a clip of up to 4 s, and not at its middle, is m
 
 What runs: the PP-OCRv4 text detector on the chosen frames, then the PP-OCRv4 recogniser (Chinese + English in one
 model) on the detected boxes. Both graphs are first rewritten by `operators.onnxfold` (scalar affine blocks folded
-into the convolutions, hard-swish as one fused op: the same function, ~22 % less CPU for the detector and ~25 % for
+into the convolutions, hard-swish as one fused op: the same function, ~20 % less CPU for the detector and ~23 % for
 the recogniser; `fold_graphs: false` runs the shipped graphs). The angle classifier
 is off: burnt-in video text is upright, and it would add a third model call per box. Detection runs on the whole
 frame at the frame's own size by default (`det_limit_side_len: 0`; frames are already ~320 px on the short side),
@@ -161,7 +161,7 @@ class OcrEngine:
 
     def _fold_graphs(self, threads: int, paths: dict[str, str]) -> None:
         """Swap rapidocr's detector and recogniser sessions for ones on the rewritten graphs
-        (`operators.onnxfold`: the same function, ~15-25 % less CPU). A graph that cannot be rewritten keeps its
+        (`operators.onnxfold`: the same function, ~20-23 % less CPU). A graph that cannot be rewritten keeps its
         original session, with a warning."""
         import onnxruntime as ort
 
@@ -313,7 +313,7 @@ class OcrText(Operator):
         "box_thresh": 0.5,  # detector box score threshold (rapidocr default)
         "text_score": 0.5,  # recogniser confidence a reading needs to count (rapidocr default)
         "threads": 1,  # ONNX Runtime intra-op threads per actor: match num_cpus
-        "fold_graphs": True,  # run the exact graph rewrites of operators.onnxfold (~15-25 % less CPU)
+        "fold_graphs": True,  # run the exact graph rewrites of operators.onnxfold (~20-23 % less CPU)
     }
 
     def validate(self) -> None:

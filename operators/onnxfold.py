@@ -16,8 +16,8 @@ rewrites, each the same function up to float rounding:
    convolution.
 
 The graph is first converted to opset 14 (`onnx.version_converter`) and its `Constant` nodes become initializers.
-Measured on one core (bench/BENCHMARKS.md, issue #3): detector 288x480 ~36 -> ~31 ms, recogniser batch of 6 at
-48x320 ~-25 %; outputs within ~4e-6 of the original graph, the same readings on the sample set.
+Measured on one core (`bench/operators_cpu.py --fold`, bench/BENCHMARKS.md): detector at 288x480 -20 %, recogniser
+on 2 crops at 48x320 -23 %; outputs within ~1e-6 of the original graph, the same readings on the sample set.
 """
 
 from __future__ import annotations
