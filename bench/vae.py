@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from trainer.vae import WanVAE, vae_config  # noqa: E402
+from trainer.models.vae.model import WanVAE, vae_config  # noqa: E402
 
 GiB = 1024**3
 

@@ -98,20 +98,33 @@ def decode_video_views(path: str, start: int, end: int, fps: float | None, coded
     """
     uniform, motion, motion_fps = sample_indices(start, end, fps, cfg)
     wanted = np.union1d(uniform, motion)
-    disp = (coded_wh[1], coded_wh[0]) if rotation in (90, 270) else coded_wh
-    dw, dh = scaled_size(disp[0], disp[1], cfg.short_side)
-    try:
-        decoded, decoder = _decode_decord(path, wanted, dw, dh), "decord"
-    except Exception:  # noqa: BLE001 - decord fails on AV1, some containers and damaged files: fall back
-        cw, ch = (dh, dw) if rotation in (90, 270) else (dw, dh)
-        decoded = _decode_pyav(path, wanted, cw, ch, fps, deadline, max_pixels)
-        decoded, decoder = _rotate(decoded, rotation), "pyav"
-    if deadline is not None and time.monotonic() > deadline:
-        raise TimeoutError("decoding exceeded the per-file time limit (limits.decode_timeout_s)")
+    decoded, decoder = decode_video_frames(path, wanted, fps, coded_wh, rotation, cfg.short_side, deadline, max_pixels)
     pos = {int(i): j for j, i in enumerate(wanted)}
     frames = decoded[[pos[int(i)] for i in uniform]]
     motion_frames = np.stack([_to_motion(decoded[pos[int(i)]], cfg.motion_width) for i in motion])
     return FrameViews(frames, uniform, motion_frames, motion, motion_fps, decoder)
+
+
+def decode_video_frames(path: str, indices: np.ndarray, fps: float | None, coded_wh: tuple[int, int], rotation: int,
+                        short_side: int, deadline: float | None = None,
+                        max_pixels: int | None = None) -> tuple[np.ndarray, str]:
+    """(frames (N, H, W, 3) uint8 upright, decoder name) of the sorted frame `indices`, short side at most
+    `short_side`; the one decoder behind the frame views, captions, report thumbnails and the trainer's clips.
+
+    Indices count decoded frames from the start of the file (as the split pass does), so a variable-frame-rate file
+    gives the same frames to every consumer.
+    """
+    disp = (coded_wh[1], coded_wh[0]) if rotation in (90, 270) else coded_wh
+    dw, dh = scaled_size(disp[0], disp[1], short_side)
+    try:
+        decoded, decoder = _decode_decord(path, indices, dw, dh), "decord"
+    except Exception:  # noqa: BLE001 - decord fails on AV1, some containers and damaged files: fall back
+        cw, ch = (dh, dw) if rotation in (90, 270) else (dw, dh)
+        decoded = _decode_pyav(path, indices, cw, ch, fps, deadline, max_pixels)
+        decoded, decoder = _rotate(decoded, rotation), "pyav"
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimeoutError("decoding exceeded the per-file time limit (limits.decode_timeout_s)")
+    return decoded, decoder
 
 
 def _decode_decord(path: str, indices: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -161,17 +174,22 @@ def _decode_pyav(path: str, indices: np.ndarray, w: int, h: int, fps: float | No
     return np.stack([got[int(i)] for i in indices])
 
 
-def decode_image_views(path: str, cfg: FramesConfig, max_pixels: int | None = None) -> FrameViews:
-    """An image is a one-frame clip: both views from a single decode, EXIF orientation applied."""
+def decode_image(path: str, short_side: int, max_pixels: int | None = None) -> np.ndarray:
+    """One image as upright RGB uint8 (H, W, 3), short side at most `short_side`, EXIF orientation applied."""
     with Image.open(path) as im:
         if max_pixels and im.width * im.height > max_pixels:
             # Checked again here (the probe ran in another task): nothing is decoded above the limit.
             raise ValueError(f"absurd dimensions {im.width}x{im.height} > limits.max_pixels={max_pixels}")
         # draft() lets JPEG decode at a reduced scale directly: the decoder-side resize for images.
-        im.draft("RGB", scaled_size(im.width, im.height, cfg.short_side))
+        im.draft("RGB", scaled_size(im.width, im.height, short_side))
         im = ImageOps.exif_transpose(im)
-        w, h = scaled_size(im.width, im.height, cfg.short_side)
-        rgb = np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR))
+        w, h = scaled_size(im.width, im.height, short_side)
+        return np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR))
+
+
+def decode_image_views(path: str, cfg: FramesConfig, max_pixels: int | None = None) -> FrameViews:
+    """An image is a one-frame clip: both views from a single decode, EXIF orientation applied."""
+    rgb = decode_image(path, cfg.short_side, max_pixels)
     frames = rgb[None]
     motion = _to_motion(rgb, cfg.motion_width)[None]
     idx = np.zeros(1, dtype=np.int64)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from curation.config import FramesConfig, LimitsConfig, PipelineConfig, SplitConfig
-from curation.frames import FrameViews, decode_image_views, decode_video_views
+from curation.frames import FrameViews, decode_image, decode_image_views, decode_video_frames, decode_video_views
 from curation.limits import DecoderError, run_isolated
 from curation.probe import ProbeError, probe
 from curation.schema import FRAME_VIEW_COLUMNS, empty_row, failed_row, make_sample_id
@@ -67,6 +67,18 @@ def decode_views(path: str, media_type: str, start: int, end: int, fps: float | 
         return decode_image_views(path, cfg, max_pixels=max_pixels)
     return decode_video_views(path, start, end, fps, coded_wh, rotation, cfg,
                               deadline=time.monotonic() + deadline_s, max_pixels=max_pixels)
+
+
+def decode_clip(path: str, media_type: str, indices: list[int], fps: float | None, coded_wh: tuple[int, int],
+                rotation: int, short_side: int, max_pixels: int, deadline_s: float) -> tuple[np.ndarray, str]:
+    """Frames `indices` of one clip (or the image) as upright RGB uint8 (N, H, W, 3) within `deadline_s` seconds."""
+    if media_type == "image":
+        return decode_image(path, short_side, max_pixels)[None], "pillow"
+    order = np.asarray(indices, dtype=np.int64)
+    wanted = np.unique(order)
+    decoded, decoder = decode_video_frames(path, wanted, fps, coded_wh, rotation, short_side,
+                                           deadline=time.monotonic() + deadline_s, max_pixels=max_pixels)
+    return decoded[np.searchsorted(wanted, order)], decoder
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -250,6 +262,28 @@ def row_views(row: dict[str, Any], frames: dict[str, Any], max_pixels: int,
             "views", {"path": path, "media_type": media, "start": start, "end": end, "fps": fps,
                       "coded_wh": list(coded), "rotation": rot, "frames": frames, "max_pixels": max_pixels,
                       "deadline_s": budget}, timeout_s=budget, max_pixels=max_pixels)
+
+
+def row_clip(row: dict[str, Any], indices: list[int], short_side: int, max_pixels: int,
+             timeout_s: float) -> np.ndarray:
+    """Frames `indices` (absolute frame numbers as in `start_frame`/`end_frame`) of one manifest row as upright RGB
+    uint8 (N, H, W, 3), short side at most `short_side`, decoded by the same code and isolated helper as the graph's
+    frame views (`row_views`); an image row gives its one frame. Raises DecoderError or SourceError."""
+    started = time.monotonic()
+    with open_local(str(row["source_uri"])) as path:
+        budget = max(0.0, timeout_s - (time.monotonic() - started))
+        media = str(row["media_type"])
+        rot = _int_or_zero(row.get("rotation"))
+        if media == "image":
+            coded, fps, idx = (0, 0), None, [0]
+        else:
+            coded = _coded_wh(int(row["width"]), int(row["height"]), rot)
+            fps, idx = float(row["fps"]), [int(i) for i in indices]
+        _, arrays = run_isolated(
+            "clip", {"path": path, "media_type": media, "indices": idx, "fps": fps, "coded_wh": list(coded),
+                     "rotation": rot, "short_side": int(short_side), "max_pixels": max_pixels, "deadline_s": budget},
+            timeout_s=budget, max_pixels=max_pixels)
+        return arrays["frames"]
 
 
 def row_frames(row: dict[str, Any], frames: FramesConfig, max_pixels: int, timeout_s: float) -> np.ndarray:

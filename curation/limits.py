@@ -376,6 +376,15 @@ def _op_views(path: str, media_type: str, start: int, end: int, fps: float | Non
     return {"motion_fps": float(fv.motion_fps), "decoder": fv.decoder}, arrays
 
 
+def _op_clip(path: str, media_type: str, indices: list[int], fps: float | None, coded_wh: list[int], rotation: int,
+             short_side: int, max_pixels: int, deadline_s: float) -> tuple[dict, dict]:
+    from curation.ingest import decode_clip
+
+    frames, decoder = decode_clip(path, media_type, indices, fps, (int(coded_wh[0]), int(coded_wh[1])), rotation,
+                                  short_side, max_pixels, deadline_s)
+    return {"decoder": decoder}, {"frames": frames}
+
+
 def _op_ping(**_: Any) -> tuple[dict, dict]:
     # Peak RSS from the kernel's high-water mark of this process image: ru_maxrss would also count the worker's
     # RSS at fork time (Linux keeps it across exec).
@@ -388,7 +397,7 @@ def _op_ping(**_: Any) -> tuple[dict, dict]:
 
 
 _OPS: dict[str, Callable[..., tuple[dict, dict]]] = {
-    "probe_split": _op_probe_split, "views": _op_views, "ping": _op_ping,
+    "probe_split": _op_probe_split, "views": _op_views, "clip": _op_clip, "ping": _op_ping,
 }
 
 

@@ -101,6 +101,42 @@ REGISTRY: dict[str, ModelSpec] = {
             how_to_get="curation models pull --keys qwen2-vl-7b  (needs internet; ~16 GB from HF hub)",
             description="Qwen2-VL-7B-Instruct dense captioner",
         ),
+        # Wan2.1 text-to-video weights for the bundled trainer (trainer.models.dit.weights.load_wan_dit reads the
+        # folder). The revisions are the commits public projects pin for these repos; this machine cannot reach the
+        # hub to confirm them, and `pull` records the commit it actually got in `.pulled.json`.
+        ModelSpec(
+            key="wan2.1-t2v-1.3b",
+            kind="hf",
+            source="Wan-AI/Wan2.1-T2V-1.3B",
+            revision="b8bc1a65ab71d054ba4636dc0dac104aa4df2686",
+            files=("config.json", "diffusion_pytorch_model.safetensors", "Wan2.1_VAE.pth"),
+            license="Apache-2.0",
+            how_to_get="curation models pull --keys wan2.1-t2v-1.3b  (needs internet; ~5.7 GB from HF hub)",
+            description="Wan2.1 T2V 1.3B DiT (released layout) and its VAE",
+        ),
+        ModelSpec(
+            key="wan2.1-t2v-14b",
+            kind="hf",
+            source="Wan-AI/Wan2.1-T2V-14B",
+            revision="a064a6c71f5be440641209c07bf2a5ce7a2ff5e4",
+            files=("config.json", "diffusion_pytorch_model.safetensors.index.json",
+                   "diffusion_pytorch_model-*.safetensors", "Wan2.1_VAE.pth"),
+            license="Apache-2.0",
+            how_to_get="curation models pull --keys wan2.1-t2v-14b  (needs internet; ~57 GB from HF hub)",
+            description="Wan2.1 T2V 14B DiT (sharded safetensors, released layout) and its VAE",
+        ),
+        ModelSpec(
+            key="umt5-xxl",
+            kind="hf",
+            source="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+            revision="0fad780a534b6463e45facd96134c9f345acfa5b",
+            files=("text_encoder/config.json", "text_encoder/model.safetensors.index.json",
+                   "text_encoder/*.safetensors", "tokenizer/*"),
+            license="Apache-2.0",
+            how_to_get="curation models pull --keys umt5-xxl  (needs internet; ~11 GB: the umT5-xxl encoder as "
+            "safetensors from the Diffusers-format Wan2.1 repo)",
+            description="umT5-xxl text encoder (transformers UMT5EncoderModel) + tokenizer, Wan's text conditioning",
+        ),
         ModelSpec(
             key="pp-ocrv4",
             kind="package_file",

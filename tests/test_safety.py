@@ -141,7 +141,7 @@ def test_heads_and_checkpoints_are_safetensors(tmp_path):
     from safetensors import safe_open
 
     from operators.heads import LinearHead, load_linear_head, save_linear_head
-    from trainer.checkpoint import latest_checkpoint, save_checkpoint
+    from trainer.components.checkpoint import latest_checkpoint, save_checkpoint
 
     head = save_linear_head(tmp_path / "head.safetensors", LinearHead(weight=np.ones(4, np.float32), bias=0.5))
     ckpt = save_checkpoint(str(tmp_path / "ckpt"), 3, {"model": torch.nn.Linear(4, 2)}, {}, {"note": "x"})

@@ -114,7 +114,7 @@ def test_rewrite_replaces_the_whole_mix(tmp_path):
 
 @pytest.mark.slow
 def test_demo_writes_stage_mixes_the_trainer_reads(demo_output):
-    from trainer.data import ClipDataset, read_stage_rows
+    from trainer.data.clips import ClipDataset, read_stage_rows
 
     out, proc = demo_output
     run = json.loads((out / "run.json").read_text())

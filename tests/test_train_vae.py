@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -14,10 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from trainer import train_vae
-from trainer.config import ConfigError
-from trainer.data import (ClipDataset, _read_video_pyav, read_manifest_rows, read_stage_rows, read_video_frames,
-                          select_rows)
-from trainer.vae_loss import psnr
+from trainer.components.config import ConfigError
+from trainer.data.clips import ClipDataset, read_manifest_rows, read_row_frames, read_stage_rows, select_rows
+from trainer.models.vae.loss import psnr
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ROOT / "trainer" / "configs" / "vae_tiny.yaml"
@@ -60,8 +60,9 @@ def _write_stage(out: pathlib.Path, df: pd.DataFrame, stage: str = "stage1") -> 
     return out / "stages"
 
 
-def _decoded(uri: str, n: int) -> torch.Tensor:
-    return torch.from_numpy(read_video_frames(uri, list(range(n)))).permute(3, 0, 1, 2).float()[None] / 127.5 - 1
+def _decoded(row, n: int) -> torch.Tensor:
+    pix = read_row_frames(row, list(range(n)), int(row["height"]), int(row["width"]))
+    return torch.from_numpy(pix).permute(3, 0, 1, 2).float()[None] / 127.5 - 1
 
 
 def test_tiny_config_overfits_demo_clips(tmp_path):
@@ -77,7 +78,7 @@ def test_tiny_config_overfits_demo_clips(tmp_path):
 
     model = train_vae.build_model(cfg).eval()
     model.load_state_dict(load_file(str(tmp_path / "run" / "vae.safetensors")), strict=True)
-    clips = torch.cat([_decoded(u, 5) for u in df["source_uri"]])
+    clips = torch.cat([_decoded(r, 5) for _, r in df.iterrows()])
     recon = model.reconstruct(clips)  # chunked inference with the posterior mean
     per_clip = [psnr(recon[i : i + 1], clips[i : i + 1]).item() for i in range(len(clips))]
     overall = psnr(recon, clips).item()
@@ -175,10 +176,8 @@ def test_shipped_configs_load():
 
 
 def test_data_windows_decoders_and_images(tmp_path):
-    """PyAV and decord agree; fps resampling strides the window; images are 1-frame samples; rows are filtered."""
+    """fps resampling strides the window; images are 1-frame samples; rows are filtered."""
     df = make_demo_clips(tmp_path / "media", size=16, frames=9, names=("coffee",))
-    uri = df["source_uri"][0]
-    np.testing.assert_array_equal(_read_video_pyav(uri, [0, 3, 8]), read_video_frames(uri, [0, 3, 8]))
     from PIL import Image
 
     img_path = tmp_path / "media" / "still.png"
@@ -201,3 +200,45 @@ def test_data_windows_decoders_and_images(tmp_path):
     pd.concat([rows.assign(status="kept"), rows.assign(status="failed")]).to_parquet(manifest / "part-0.parquet")
     assert len(read_manifest_rows(str(manifest))) == 2
     os.remove(img_path)
+
+
+@pytest.mark.parametrize("name", ["vfr.mp4", "rotated_90.mp4"])
+@pytest.mark.parametrize("isolation", ["inline", "helper"])
+def test_training_clips_are_the_frames_curation_scored(tmp_path, monkeypatch, name, isolation):
+    """The trainer decodes through curation's decoder: on a variable-frame-rate and a rotated clip it gets the
+    frames the graph's frame views hold (same indices, upright), not frames found by timestamp."""
+    from curation import hostile
+    from curation.config import FramesConfig
+    from curation.ingest import row_views, source_to_rows
+    from curation.config import load_config
+
+    if isolation == "inline":
+        monkeypatch.setenv("CURATION_DECODER_ISOLATION", "inline")
+    else:
+        monkeypatch.delenv("CURATION_DECODER_ISOLATION", raising=False)
+    w, h = 192, 128
+    path = tmp_path / name
+    if name == "vfr.mp4":
+        from fractions import Fraction
+
+        deltas = [1, 1, 4, 2]
+        pts = np.concatenate([[0], np.cumsum([deltas[i % 4] for i in range(47)])]).astype(int).tolist()
+        hostile.write_video(path, (hostile.index_frame(i, w, h) for i in range(48)), w, h, pts=pts,
+                            time_base=Fraction(1, 48))
+    else:
+        upright = [np.ascontiguousarray(hostile.index_frame(i, h, w)) for i in range(48)]
+        hostile.write_video(path, [np.ascontiguousarray(np.rot90(f, k=1)) for f in upright], w, h, rotation=-90)
+    cfg = load_config(str(ROOT / "pipelines" / "configs" / "demo.yaml"))
+    row = source_to_rows(str(path), cfg)[0]
+    if name == "rotated_90.mp4":
+        assert (row["width"], row["height"], row["rotation"]) == (128, 192, 90)
+    window = list(range(row["start_frame"] + 3, row["start_frame"] + 3 + 9 * 4, 4))
+    clip = read_row_frames(row, window, 96, 64)
+    assert [hostile.read_index(f, block=16 * f.shape[1] / row["width"]) for f in clip] == window
+    assert clip.shape[1] > clip.shape[2] if name == "rotated_90.mp4" else clip.shape[1] < clip.shape[2]
+    frames_cfg = dataclasses.asdict(FramesConfig(num_frames=48, short_side=min(clip.shape[1:3])))
+    _, views = row_views(row, frames_cfg, cfg.limits.max_pixels, 60.0)
+    shared = [(i, int(idx)) for i, idx in enumerate(views["frame_indices"]) if int(idx) in window]
+    assert len(shared) == len(window)
+    for i, idx in shared:
+        np.testing.assert_array_equal(views["frames"][i], clip[window.index(idx)])

@@ -14,7 +14,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from trainer.vae import FeatureCache, WanVAE, vae_config
+from trainer.models.vae.model import FeatureCache, WanVAE, vae_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ATOL = 1e-4  # the issue's bound for chunked vs full in fp32
@@ -207,7 +207,7 @@ def test_matches_reference_implementation_if_available(model):
 
 _KERNEL_CHECK = r"""
 import torch
-from trainer import vae_ops
+from trainer.models.vae import ops as vae_ops
 assert vae_ops.triton_available()
 torch.manual_seed(0)
 for c in (8, 20, 96):

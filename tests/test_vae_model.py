@@ -8,7 +8,7 @@ import pathlib
 import pytest
 import torch
 
-from trainer.vae import WanVAE, count_parameters, load_state_dict_file, load_wan_vae, vae_config
+from trainer.models.vae.model import WanVAE, count_parameters, load_state_dict_file, load_wan_vae, vae_config
 
 LAYOUT = pathlib.Path(__file__).resolve().parents[1] / "trainer" / "configs" / "wan2.1_vae_state_dict.json"
 

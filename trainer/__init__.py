@@ -1,1 +1,6 @@
-"""Bundled trainer: Wan-compatible causal video VAE (and, later, the DiT) fed by curated stage manifests."""
+"""Bundled trainer: the Wan-compatible causal video VAE and DiT, trained from curated stage manifests.
+
+Layout (after torchtitan): `models/` holds model files that know nothing of parallelism or training,
+`distributed/` the multi-process code, `components/` what the scripts share, `data/` the input side, and the
+scripts (`train_vae`, `train_dit`, `prepare`, `sample`) stay thin.
+"""

@@ -22,11 +22,11 @@ import time
 
 import torch
 
-from trainer import checkpoint as ckpt
-from trainer.config import ConfigError, load_yaml, to_dict
-from trainer.data import ClipDataset, IndexRange, read_manifest_rows, read_stage_rows, select_rows
-from trainer.vae import WanVAE, load_state_dict_file, vae_config
-from trainer.vae_loss import PatchDiscriminator, generator_adv_loss, hinge_d_loss, kl_loss, psnr
+from trainer.components import checkpoint as ckpt
+from trainer.components.config import ConfigError, load_yaml, to_dict
+from trainer.data.clips import ClipDataset, IndexRange, read_manifest_rows, read_stage_rows, select_rows
+from trainer.models.vae.model import WanVAE, load_state_dict_file, vae_config
+from trainer.models.vae.loss import PatchDiscriminator, generator_adv_loss, hinge_d_loss, kl_loss, psnr
 
 
 @dataclasses.dataclass

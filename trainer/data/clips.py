@@ -10,13 +10,12 @@ from __future__ import annotations
 import glob
 import math
 import os
-from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
 import torch
 
-COLUMNS = ("source_uri", "media_type", "start_frame", "end_frame", "fps", "width", "height")
+COLUMNS = ("source_uri", "media_type", "start_frame", "end_frame", "fps", "width", "height")  # rotation: optional
 
 
 def _read_parquet_dir(path: str) -> pd.DataFrame:
@@ -65,86 +64,21 @@ def read_manifest_rows(samples_dir: str) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def _local_path(uri: str) -> str | None:
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return parsed.path if parsed.scheme == "file" else uri
-    if len(parsed.scheme) == 1:  # a Windows drive letter, not a scheme
-        return uri
-    return None
+def cover_short_side(width: int, height: int, out_h: int, out_w: int) -> int:
+    """The short side at which a width x height picture just covers out_h x out_w (decode no larger than that)."""
+    scale = max(out_h / height, out_w / width)
+    return max(2, int(math.ceil(min(width, height) * scale)))
 
 
-def read_image(uri: str) -> np.ndarray:
-    """One RGB image as uint8 (1, H, W, 3)."""
-    from PIL import Image
+def read_row_frames(row, indices: list[int], out_h: int, out_w: int, max_pixels: int = 8192 * 8192,
+                    timeout_s: float = 120.0) -> np.ndarray:
+    """Frames `indices` of a manifest row (its one frame for an image) as uint8 (T, H, W, 3), decoded by curation's
+    decoder (`curation.ingest.row_clip`: same frame counting, rotation and fallbacks as the frames it was scored on)
+    at the smallest size that still covers out_h x out_w."""
+    from curation.ingest import row_clip
 
-    path = _local_path(uri)
-    if path is not None:
-        img = Image.open(path)
-    else:
-        import fsspec
-
-        with fsspec.open(uri, "rb") as fh:
-            img = Image.open(fh)
-            img.load()
-    return np.asarray(img.convert("RGB"))[None]
-
-
-def _read_video_decord(path: str, indices: list[int]) -> np.ndarray:
-    import decord
-
-    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-    return vr.get_batch(indices).asnumpy()
-
-
-def _read_video_pyav(uri: str, indices: list[int]) -> np.ndarray:
-    import av
-
-    path = _local_path(uri)
-    if path is None:
-        import fsspec
-
-        fh = fsspec.open(uri, "rb").open()
-    else:
-        fh = path
-    wanted = sorted(set(indices))
-    got: dict[int, np.ndarray] = {}
-    with av.open(fh) as container:
-        stream = container.streams.video[0]
-        rate = float(stream.average_rate or stream.guessed_rate or 0) or None
-        tb = float(stream.time_base)
-        start_pts = stream.start_time or 0
-        if rate and wanted[0] > 0:
-            # Seek to the keyframe before the first wanted frame; then count frames by timestamp.
-            container.seek(int(start_pts + (wanted[0] / rate) / tb), stream=stream, backward=True)
-        counter = 0
-        for frame in container.decode(stream):
-            if rate and frame.pts is not None:
-                idx = int(round((frame.pts - start_pts) * tb * rate))
-            else:
-                idx = counter
-            counter += 1
-            if idx in wanted:
-                got[idx] = frame.to_ndarray(format="rgb24")
-            if idx >= wanted[-1]:
-                break
-    if path is None:
-        fh.close()
-    missing = [i for i in wanted if i not in got]
-    if missing:
-        raise ValueError(f"{uri}: could not decode frames {missing[:5]}")
-    return np.stack([got[i] for i in indices])
-
-
-def read_video_frames(uri: str, indices: list[int]) -> np.ndarray:
-    """Frames `indices` of a video as uint8 (T, H, W, 3): decord for local files, PyAV as the fallback."""
-    path = _local_path(uri)
-    if path is not None:
-        try:
-            return _read_video_decord(path, indices)
-        except Exception:  # decord lacks some codecs/containers (AV1, odd muxers): PyAV reads those
-            pass
-    return _read_video_pyav(uri, indices)
+    w, h = int(row["width"]), int(row["height"])
+    return row_clip(dict(row), indices, cover_short_side(w, h, out_h, out_w), max_pixels, timeout_s)
 
 
 def resize_crop(frames: np.ndarray, height: int, width: int, rng: np.random.Generator | None) -> np.ndarray:
@@ -241,10 +175,7 @@ class ClipDataset(torch.utils.data.Dataset):
         """The clip for global sample `index` (deterministic in seed and index)."""
         rng = np.random.default_rng([self.seed, int(index)])
         row = self.rows.iloc[self.row_index(index)]
-        if row["media_type"] == "image":
-            pix = read_image(row["source_uri"])
-        else:
-            pix = read_video_frames(row["source_uri"], self.window(row, rng))
+        pix = read_row_frames(row, self.window(row, rng), self.height, self.width)
         pix = resize_crop(pix, self.height, self.width, rng if self.random_crop else None)
         x = torch.from_numpy(np.ascontiguousarray(pix)).permute(3, 0, 1, 2).float()
         return x / 127.5 - 1.0

@@ -3,7 +3,7 @@
 Layout of one checkpoint, written to a temporary folder and renamed when complete (a crash never leaves a half
 checkpoint that resume would pick up):
 
-    <root>/step_00000100/model.safetensors     weights only, loadable by trainer.vae.load_wan_vae
+    <root>/step_00000100/model.safetensors     weights only, loadable by trainer.models.vae.model.load_wan_vae
     <root>/step_00000100/<name>.safetensors     other modules (e.g. the discriminator)
     <root>/step_00000100/optim/                 DCP folder with every optimizer's state
     <root>/step_00000100/state.json             step and anything else JSON-able
@@ -12,7 +12,7 @@ checkpoint that resume would pick up):
 Trust: model weights (safetensors) and state.json load without unpickling anything. The optimizer folder is
 torch.distributed.checkpoint's format: tensors as raw bytes, but its `.metadata` index is a pickle that DCP
 unpickles on load. Resume only from checkpoints your own runs wrote; to start from someone else's weights, load
-their `model.safetensors` (or the released `.pth` via `trainer.vae.load_wan_vae`, which uses weights_only=True).
+their `model.safetensors` (or the released `.pth` via `trainer.models.vae.model.load_wan_vae`, which uses weights_only=True).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from trainer import vae_ops
+from trainer.models.vae import ops as vae_ops
 
 # Per-channel statistics of the released Wan2.1 VAE's latents (the `WanVAE` wrapper's constants).
 WAN21_LATENT_MEAN = (

@@ -1,0 +1,1 @@
+"""Pieces shared by the training scripts: config loading, checkpoints, LR schedules, metrics."""

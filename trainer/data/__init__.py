@@ -1,0 +1,1 @@
+"""Training data: curated manifest rows decoded into clips, latent shards, curriculum samplers."""
