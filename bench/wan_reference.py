@@ -27,7 +27,9 @@ def sdpa_flash_attention(q, k, v, q_lens=None, k_lens=None, dropout_p=0.0, softm
     """Stand-in for the reference's flash_attention: [B, L, N, C] in, keys beyond k_lens masked, [B, Lq, N, C] out."""
     out_dtype = q.dtype
     mask = None
-    if k_lens is not None:
+    # flash-attn's varlen call costs nothing for keys that are all valid; a boolean mask would push SDPA off its fast
+    # kernels, so one is built only when some sample really has padding (as in trainer.models.dit).
+    if k_lens is not None and bool((k_lens < k.shape[1]).any()):
         pos = torch.arange(k.shape[1], device=k.device)
         mask = (pos[None, :] < k_lens.to(k.device)[:, None])[:, None, None, :]
     if q_scale is not None:
