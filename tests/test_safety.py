@@ -22,7 +22,7 @@ SOURCE_DIRS = ("curation", "operators", "trainer", "captioner", "pipelines")
 ALLOWED = {
     # Optimizer state through torch.distributed.checkpoint: DCP unpickles its `.metadata` file. Only checkpoints the
     # user's own training run wrote are loaded (trainer resume); model weights themselves are safetensors.
-    ("trainer/checkpoint.py", "dcp.load"),
+    ("trainer/components/checkpoint.py", "dcp.load"),
 }
 
 

@@ -171,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
                           ("cpu" if args.device == "auto" else args.device))
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     started = time.monotonic()
-    model = load_wan_dit(args.checkpoint, dtype=torch.float32, device=device).eval()
-    vae = load_wan_vae(args.vae, vae_config(args.vae_preset, **_vae_overrides(args.vae_override)), device=device).eval()
+    model = load_wan_dit(args.checkpoint, dtype=torch.float32, device=device)
+    model.train(False).requires_grad_(False)
+    vae = load_wan_vae(args.vae, vae_config(args.vae_preset, **_vae_overrides(args.vae_override)), device=device)
+    vae.train(False).requires_grad_(False)
     encoder = load_text_encoder(args.text_encoder, device=device)
     context = encoder.encode(list(args.prompt))
     negative = encoder.encode([args.negative_prompt]) if args.guidance != 1.0 else None
