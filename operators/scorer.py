@@ -256,6 +256,7 @@ class QualityScorer(Operator):
             self.path = None  # resolved in setup, after the run's up-front check
             return
         self.models = ()
+        self.optional_models = ("quality-scorer",)
         missing = models.check(["quality-scorer"], c["model_dir"])
         if missing:
             self.path = None
