@@ -58,7 +58,7 @@ def _cmd_caption(args: argparse.Namespace) -> int:
         return 2
     if cfg.captioning.model in REGISTRY:
         _check_models([cfg.captioning.model])  # missing weights: one message with how to get them, before Ray starts
-    init_ray(args.address)
+    init_ray(args.address, quiet_logs=True)
     print(json.dumps(caption_existing_run(args.output, cfg), indent=2))
     return 0
 
@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `curation` console script."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from curation.heads_cli import AnnotationError
     from curation.manifest import OutputError
     from curation.models import ModelNotFoundError
 
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    except OutputError as exc:  # expected errors: one message, no traceback
+    except (OutputError, AnnotationError) as exc:  # expected errors: one message, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ModelNotFoundError as exc:

@@ -181,11 +181,16 @@ def run_scorer(args: argparse.Namespace) -> int:
     raise ValueError(args.scorer_cmd)
 
 
-def _read_samples(manifest: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    from curation.manifest import SAMPLES, part_files, read_manifest
+class AnnotationError(ValueError):
+    """An annotation file that cannot train a scorer; the message says what is missing."""
 
+
+def _read_samples(manifest: Path, columns: list[str] | None = None, verb: str = "this command") -> pd.DataFrame:
+    from curation.manifest import SAMPLES, OutputError, part_files, read_manifest, require_output
+
+    require_output(manifest, verb)
     if not part_files(Path(manifest) / SAMPLES):
-        raise FileNotFoundError(f"no {manifest}/samples/part-*.parquet")
+        raise OutputError(f"{manifest}/{SAMPLES}/ holds no part files: the run wrote no rows")
     return read_manifest(Path(manifest) / SAMPLES, columns, only_existing=True).to_pandas()
 
 
@@ -194,10 +199,19 @@ def sample_annotations(manifest: Path, n: int, out: Path | None = None, seed: in
     """Write a cluster-balanced annotation Parquet (`sample_id`, thumbnail path, empty `score`) plus thumbnails."""
     from curation.clustering import balanced_sample
 
+    if n < 1:
+        raise AnnotationError(f"--n must be at least 1, got {n}")
     df = _read_samples(manifest, ["sample_id", "source_uri", "media_type", "start_frame", "end_frame", "fps",
-                                  "cluster_id", "status", "embedding"])
-    ok = df["status"].isin(["kept", "rejected"] if include_rejected else ["kept"]) & df["embedding"].notna()
+                                  "cluster_id", "status", "embedding"], "scorer sample")
+    statuses = ["kept", "rejected"] if include_rejected else ["kept"]
+    ok = df["status"].isin(statuses) & df["embedding"].notna()
     df = df[ok]
+    if not len(df):
+        raise AnnotationError(f"{manifest}: no {' or '.join(statuses)} row with an embedding to sample from "
+                              "(the scorer learns from embeddings: the config needs `embedding` or `descriptor`)")
+    if len(df) < n:
+        log.warning("asked for %d rows but %s has only %d %s rows with an embedding: the annotation set has %d",
+                    n, manifest, len(df), "/".join(statuses), len(df))
     if "cluster_id" in df and df["cluster_id"].notna().any():
         picked = balanced_sample(df, n, by="cluster_id", seed=seed)
     else:
@@ -273,15 +287,37 @@ def train_scorer(annotations: Path, manifest: Path | None = None, out: Path | No
     from curation import models
     from operators.scorer import SCALAR_FEATURES, fit_scorer, save_scorer
 
+    if not Path(annotations).is_file():
+        raise AnnotationError(f"{annotations}: no such file (write one with `curation scorer sample`)")
     ann = pd.read_parquet(annotations)
-    ann = ann[ann["score"].notna()]
+    missing = [c for c in ("sample_id", "score") if c not in ann.columns]
+    if missing:
+        raise AnnotationError(f"{annotations}: no {' and no '.join(f'`{c}`' for c in missing)} column "
+                              f"(columns: {', '.join(map(str, ann.columns))})")
+    total = len(ann)
     if manifest is None:
         if "manifest" not in ann or ann["manifest"].isna().all():
-            raise ValueError("annotations carry no `manifest` column: pass --manifest")
+            raise AnnotationError(f"{annotations}: no `manifest` column saying which run the rows come from: pass "
+                                  "--manifest OUT")
         manifest = Path(ann["manifest"].dropna().iloc[0])
-    feats = _read_samples(manifest, ["sample_id", "embedding", *SCALAR_FEATURES])
+    ann = ann[ann["score"].notna()]
+    if not len(ann):
+        raise AnnotationError(f"{annotations}: none of its {total} rows has a `score` yet: fill the `score` column "
+                              "with 1-5 for the rows you judged, then train")
+    scores = pd.to_numeric(ann["score"], errors="coerce")
+    bad = ann["score"][scores.isna() | (scores != scores.round()) | (scores < 1) | (scores > 5)]
+    if len(bad):
+        raise AnnotationError(f"{annotations}: `score` must be a whole number 1-5; {len(bad)} row(s) hold "
+                              f"{sorted(map(str, bad.unique()))[:5]}")
+    feats = _read_samples(manifest, ["sample_id", "embedding", *SCALAR_FEATURES], "scorer train")
     df = ann[["sample_id", "score"]].merge(feats, on="sample_id", how="inner")
     df = df[df["embedding"].notna()]
+    if not len(df):
+        raise AnnotationError(f"none of the {len(ann)} labelled sample_ids of {annotations} is a row with an "
+                              f"embedding in {manifest}/samples/: is it the run the annotation set was drawn from?")
+    if len(df) < 8:
+        raise AnnotationError(f"{annotations}: {len(df)} labelled row(s) with features in {manifest}; the scorer "
+                              "needs at least 8 (a few hundred to be useful)")
     rows = df.drop(columns=["score"]).to_dict("records")
     model, metrics = fit_scorer(rows, df["score"].astype(int).to_numpy(), pca_dim=pca_dim, seed=seed)
     model.meta["annotations"] = str(Path(annotations).resolve())
@@ -298,7 +334,7 @@ _TIER_SCORE = {"optimal": 5, "medium": 4, "camera_driven": 3, "static": 3, "shak
 def proxy_annotations(manifest: Path, labels: Path, out: Path | None = None) -> Path:
     """DEMO ONLY: annotations whose `score` is derived from `labels.parquet` (see `_TIER_SCORE`)."""
     lab = pd.read_parquet(labels)
-    df = _read_samples(manifest, ["sample_id", "source_uri", "status", "embedding"])
+    df = _read_samples(manifest, ["sample_id", "source_uri", "status", "embedding"], "scorer proxy-labels")
     df = df[df["embedding"].notna() & (df["status"] != "failed")]
     by_name = {str(f): r for f, r in zip(lab["file"], lab.to_dict("records"))}
     scores = []

@@ -13,12 +13,19 @@ from curation.config import ConfigError, load_config
 log = logging.getLogger(__name__)
 
 
-def init_ray(address: str | None = None) -> None:
-    """Join the cluster at `address`/$RAY_ADDRESS (as under `ray job submit`), else start a local Ray."""
+def init_ray(address: str | None = None, quiet_logs: bool = False) -> None:
+    """Join the cluster at `address`/$RAY_ADDRESS (as under `ray job submit`), else start a local Ray.
+
+    `quiet_logs` (command-line entry points only, never inside pytest or a notebook: it takes over fd 2): when stderr
+    is not a terminal, drop log noise nobody can act on and colour codes (`curation/logfilter.py`)."""
     import ray
 
     if ray.is_initialized():
         return
+    if quiet_logs:
+        from curation.logfilter import quiet_noninteractive_stderr
+
+        quiet_noninteractive_stderr()
     address = address or os.environ.get("RAY_ADDRESS")
     # Workers import our packages from the installed project; the driver's code dir is shipped only when joining
     # a remote cluster without `ray job submit --working-dir`.
@@ -79,7 +86,7 @@ def main_run(inputs: list[str], output: str, config: str, limit: int | None = No
         # Before Ray starts: a wrong --output or a missing model costs a second, not a cluster start-up.
         check_new_output(output)
         require_models(plan(cfg).models)
-        init_ray(address)
+        init_ray(address, quiet_logs=True)
         summary = run_pipeline(inputs, output, cfg, limit=limit, config_path=str(Path(config).resolve()),
                                progress_interval_s=progress_interval_s)
     except (OutputError, ModelNotFoundError) as exc:  # expected: one message, no traceback
