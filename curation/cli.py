@@ -46,10 +46,9 @@ def _cmd_caption(args: argparse.Namespace) -> int:
     from captioner.manifest import caption_existing_run
     from curation.config import load_config
     from curation.graph import _check_models
+    from curation.manifest import require_output
     from curation.models import REGISTRY
     from curation.runner import init_ray
-
-    from curation.manifest import require_output
 
     cfg = load_config(args.config)
     require_output(args.output, "caption")
