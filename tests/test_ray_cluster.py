@@ -23,12 +23,14 @@ BIN = Path(sys.executable).parent
 
 
 def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def cluster_env(tmp: Path) -> dict:
+    """The environment of this cluster's processes and CLI calls: a fresh auth token, the venv first on PATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     # Token authentication on the job API and GCS, as ray_cluster.yaml sets it up: a fresh token per cluster.
     token = tmp / "auth_token"
