@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from curation.config import ConfigError, OperatorSpec
+from curation.config import ConfigError, OperatorSpec, PipelineConfig
 from curation.operator import Operator, OperatorConfigError, Resources
 
 _CATALOG: dict[str, str] = {
@@ -50,3 +50,21 @@ def build_operator(spec: OperatorSpec) -> Operator:
         return cls(resources=resources, batch_size=spec.batch_size, **spec.params)
     except OperatorConfigError as exc:
         raise ConfigError(f"operators.{spec.name}: {exc}") from None
+
+
+def config_models(cfg: PipelineConfig, operators: list[Operator] | None = None) -> tuple[list[str], list[str]]:
+    """Registry keys a config needs (a run stops without them) and may use (optional: the score stays null).
+
+    Needed: every operator's `models` (backbones and heads as built from its params) and the captioner when
+    captioning is on and names a registry key (a local checkpoint folder is checked by the config loader). Optional:
+    models an operator uses when present, such as the quality scorer without `required: true`. One list for `curation
+    models check/pull` and for the run's up-front check, so the two cannot disagree."""
+    from curation.models import REGISTRY
+
+    ops = operators if operators is not None else [build_operator(spec) for spec in cfg.operators]
+    needed = [m for op in ops for m in op.models]
+    if cfg.captioning.enabled and cfg.captioning.model in REGISTRY:
+        needed.append(cfg.captioning.model)
+    needed = list(dict.fromkeys(needed))
+    optional = [m for op in ops for m in getattr(op, "optional_models", ()) if m not in needed]
+    return needed, list(dict.fromkeys(optional))

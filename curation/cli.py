@@ -16,7 +16,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "pipelines" / "configs
 def _cmd_run(args: argparse.Namespace) -> int:
     from curation.runner import main_run
 
-    return main_run(args.input, args.output, args.config, args.limit, args.address)
+    return main_run(args.input, args.output, args.config, args.limit, args.address, args.progress_interval)
 
 
 def _cmd_samples_make(args: argparse.Namespace) -> int:
@@ -28,16 +28,17 @@ def _cmd_samples_make(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from curation.manifest import counts
+    from curation.manifest import output_summary, require_output
 
-    print(json.dumps(counts(args.output), indent=2))
+    print(json.dumps(output_summary(require_output(args.output, "summary")), indent=2))
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from curation.manifest import require_output
     from curation.report import build_report
 
-    print(build_report(args.output, max_examples=args.examples))
+    print(build_report(require_output(args.output, "report"), max_examples=args.examples))
     return 0
 
 
@@ -45,16 +46,18 @@ def _cmd_caption(args: argparse.Namespace) -> int:
     from captioner.manifest import caption_existing_run
     from curation.config import load_config
     from curation.graph import _check_models
+    from curation.manifest import require_output
     from curation.models import REGISTRY
     from curation.runner import init_ray
 
     cfg = load_config(args.config)
+    require_output(args.output, "caption")
     if not any((Path(args.output) / "samples").glob("part-*.parquet")):
         print(f"error: {args.output}/samples/ has no part files: nothing to caption", file=sys.stderr)
         return 2
     if cfg.captioning.model in REGISTRY:
         _check_models([cfg.captioning.model])  # missing weights: one message with how to get them, before Ray starts
-    init_ray(args.address)
+    init_ray(args.address, quiet_logs=True)
     print(json.dumps(caption_existing_run(args.output, cfg), indent=2))
     return 0
 
@@ -71,9 +74,41 @@ def _add_optional(sub: argparse._SubParsersAction, module: str) -> None:
         mod.add_parser(sub)
 
 
+class _VersionAction(argparse.Action):
+    """`--version`: computed only when asked (it may run git), then exit."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog} {version_string()}")
+        parser.exit()
+
+
+def version_string() -> str:
+    """The installed project's version, plus the git commit when the code runs from a checkout."""
+    import subprocess
+    from importlib import metadata
+
+    try:
+        version = metadata.version("wan-curation")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    root = Path(__file__).resolve().parent.parent
+    commit = ""
+    if (root / "pyproject.toml").is_file():  # a checkout (editable install), not a wheel in site-packages
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                                    text=True, timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            commit = ""
+    return f"{version} (git {commit})" if commit else version
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `curation` command."""
     p = argparse.ArgumentParser(prog="curation", description=__doc__)
+    p.add_argument("--version", action=_VersionAction, help="print the version (and git commit) and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run the curation graph (local Ray unless RAY_ADDRESS/--address is set)")
@@ -82,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline YAML (default: demo.yaml)")
     r.add_argument("--limit", type=int, default=None, help="process at most N sources")
     r.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    r.add_argument("--progress-interval", type=float, default=30.0, metavar="S",
+                   help="log sources done/total, rows/s and ETA every S seconds (default 30; 0: off)")
     r.set_defaults(func=_cmd_run)
 
     s = sub.add_parser("samples", help="labeled sample data")
@@ -116,11 +153,21 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `curation` console script."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from curation.heads_cli import AnnotationError
+    from curation.manifest import OutputError
+    from curation.models import ModelNotFoundError
+
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except (OutputError, AnnotationError) as exc:  # expected errors: one message, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModelNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

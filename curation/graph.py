@@ -15,12 +15,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.catalog import build_operator
+from curation.catalog import build_operator, config_models
 from curation.config import OperatorSpec, PipelineConfig
 from curation.decide import decide_batch
 from curation.ingest import attach_views, drop_views, source_to_rows
 from curation.manifest import SampleWriter, counts, finished_sources, write_json_atomic
 from curation.operator import Operator
+from curation.progress import Progress
 from curation.schema import FRAME_VIEW_COLUMNS, base_schema, manifest_schema
 from curation.sources import list_sources
 
@@ -125,14 +126,8 @@ def plan(cfg: PipelineConfig) -> GraphPlan:
         for col, dtype in op.produces.items():
             if col not in getattr(op, "intermediate", ()):
                 extra[col] = dtype
-    models = {m for _, op in ops for m in op.models}
-    if cfg.captioning.enabled:
-        from curation.models import REGISTRY
-
-        if cfg.captioning.model in REGISTRY:  # else a local checkpoint folder, checked by the config loader
-            models.add(cfg.captioning.model)
-    models = sorted(models)
-    return GraphPlan(operators=ops, schema=manifest_schema(extra), models=models)
+    models, _ = config_models(cfg, [op for _, op in ops])  # the same list as `curation models check`
+    return GraphPlan(operators=ops, schema=manifest_schema(extra), models=sorted(models))
 
 
 def build_dataset(uris: list[str], cfg: PipelineConfig, graph: GraphPlan):
@@ -240,8 +235,10 @@ def versions() -> dict[str, str]:
 
 
 def run_pipeline(inputs: list[str], output: str | Path, cfg: PipelineConfig, limit: int | None = None,
-                 config_path: str | None = None) -> dict[str, Any]:
-    """Run the whole graph over `inputs`, writing manifests under `output`; return the run summary (run.json)."""
+                 config_path: str | None = None, progress_interval_s: float = 30.0) -> dict[str, Any]:
+    """Run the whole graph over `inputs`, writing manifests under `output`; return the run summary (run.json).
+
+    `progress_interval_s`: log sources done / total, rows/s and an ETA this often while the graph runs (0: never)."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -259,8 +256,12 @@ def run_pipeline(inputs: list[str], output: str | Path, cfg: PipelineConfig, lim
     stats = ""
     if todo:
         ds = build_dataset(todo, cfg, graph)
-        for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            writer.add_table(conform(table, graph.schema))
+        rows_seen = 0
+        with Progress(len(todo), progress_interval_s) as progress:
+            for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                writer.add_table(conform(table, graph.schema))
+                rows_seen += table.num_rows
+                progress.update(writer.sources_written, rows_seen)
         stats = ds.stats()
     incomplete = writer.close()
     t_graph = time.time()

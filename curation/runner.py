@@ -13,12 +13,19 @@ from curation.config import ConfigError, load_config
 log = logging.getLogger(__name__)
 
 
-def init_ray(address: str | None = None) -> None:
-    """Join the cluster at `address`/$RAY_ADDRESS (as under `ray job submit`), else start a local Ray."""
+def init_ray(address: str | None = None, quiet_logs: bool = False) -> None:
+    """Join the cluster at `address`/$RAY_ADDRESS (as under `ray job submit`), else start a local Ray.
+
+    `quiet_logs` (command-line entry points only, never inside pytest or a notebook: it takes over fd 2): when stderr
+    is not a terminal, drop log noise nobody can act on and colour codes (`curation/logfilter.py`)."""
     import ray
 
     if ray.is_initialized():
         return
+    if quiet_logs:
+        from curation.logfilter import quiet_noninteractive_stderr
+
+        quiet_noninteractive_stderr()
     address = address or os.environ.get("RAY_ADDRESS")
     # Workers import our packages from the installed project; the driver's code dir is shipped only when joining
     # a remote cluster without `ray job submit --working-dir`.
@@ -59,9 +66,12 @@ def format_counts(summary: dict) -> str:
 
 
 def main_run(inputs: list[str], output: str, config: str, limit: int | None = None,
-             address: str | None = None) -> int:
+             address: str | None = None, progress_interval_s: float = 30.0) -> int:
     """Validate the config, start/join Ray, run, write manifests and print the counts."""
-    from curation.graph import run_pipeline
+    from curation.graph import plan, run_pipeline
+    from curation.manifest import OutputError, check_new_output
+    from curation.models import ModelNotFoundError
+    from curation.models import require as require_models
 
     try:
         cfg = load_config(config)
@@ -72,8 +82,16 @@ def main_run(inputs: list[str], output: str, config: str, limit: int | None = No
     if missing:
         print(f"input not found: {', '.join(missing)}", file=sys.stderr)
         return 2
-    init_ray(address)
-    summary = run_pipeline(inputs, output, cfg, limit=limit, config_path=str(Path(config).resolve()))
+    try:
+        # Before Ray starts: a wrong --output or a missing model costs a second, not a cluster start-up.
+        check_new_output(output)
+        require_models(plan(cfg).models)
+        init_ray(address, quiet_logs=True)
+        summary = run_pipeline(inputs, output, cfg, limit=limit, config_path=str(Path(config).resolve()),
+                               progress_interval_s=progress_interval_s)
+    except (OutputError, ModelNotFoundError) as exc:  # expected: one message, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, ModelNotFoundError) else 2
     print(format_counts(summary))
     print(json.dumps({"counts": summary["counts"]}, sort_keys=True))
     return 0

@@ -221,6 +221,9 @@ def load_scorer(path: str | os.PathLike) -> ScorerModel:
                        intercept=t["intercept"], classes=t["classes"], meta=extra)
 
 
+_WARNED: set[str] = set()
+
+
 class QualityScorer(Operator):
     """`quality_score` (1–5) from a scorer trained by `curation scorer train`; null when no scorer is available."""
 
@@ -256,6 +259,7 @@ class QualityScorer(Operator):
             self.path = None  # resolved in setup, after the run's up-front check
             return
         self.models = ()
+        self.optional_models = ("quality-scorer",)
         missing = models.check(["quality-scorer"], c["model_dir"])
         if missing:
             self.path = None
@@ -263,7 +267,8 @@ class QualityScorer(Operator):
                          f"(get one: {missing[0].how_to_get})")
         else:
             self.path = models.resolve("quality-scorer", c["model_dir"]) / "quality_scorer.safetensors"
-        if self.note:
+        if self.note and self.note not in _WARNED:
+            _WARNED.add(self.note)  # the config is validated several times per process: say it once
             log.warning("operator %s: %s", self.name, self.note)
 
     def setup(self) -> None:

@@ -27,9 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline YAML")
     p.add_argument("--limit", type=int, default=None, help="process at most N sources")
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or a local Ray)")
+    p.add_argument("--progress-interval", type=float, default=30.0, metavar="S",
+                   help="log sources done/total, rows/s and ETA every S seconds (default 30; 0: off)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return main_run(args.input, args.output, args.config, args.limit, args.address)
+    return main_run(args.input, args.output, args.config, args.limit, args.address, args.progress_interval)
 
 
 if __name__ == "__main__":

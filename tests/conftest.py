@@ -61,6 +61,7 @@ def demo_models(tmp_path_factory) -> Path:
 def demo_output(sample_dir, demo_models, tmp_path_factory):
     """One run of the demo config over the sample set, as `make demo` runs it: (output dir, completed process)."""
     out = tmp_path_factory.mktemp("demo_out")
-    proc = run_pipeline_cli(sample_dir, out, env={"CURATION_MODEL_DIR": str(demo_models)})
+    proc = run_pipeline_cli(sample_dir, out, env={"CURATION_MODEL_DIR": str(demo_models)},
+                            extra=["--progress-interval", "2"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out, proc

@@ -181,4 +181,4 @@ def test_caption_command_needs_an_output(tmp_path, tiny_model):
     proc = subprocess.run([sys.executable, "-m", "curation.cli", "caption", str(tmp_path / "none"), "--config",
                            str(config)], capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
-    assert proc.returncode == 2 and "nothing to caption" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "no such folder" in proc.stderr and "Traceback" not in proc.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +126,43 @@ def test_every_how_to_get_command_parses():
             build_parser().parse_args(argv)  # argparse exits (SystemExit) on an unknown command or argument
             seen += 1
     assert seen >= 6
+
+
+def _models_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    heads_cli.add_models_parser(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_check_lists_every_model_of_the_full_profile(tmp_path, capsys):
+    """pretrain_mix.yaml captions with Qwen2-VL: `models check` lists it with the operators' models, and the
+    quality scorer as optional (a run does without it); the run's own up-front list is the same."""
+    from curation.config import load_config
+    from curation.graph import plan
+
+    config = Path(__file__).resolve().parent.parent / "pipelines" / "configs" / "pretrain_mix.yaml"
+    assert _models_cli(["models", "check", "--config", str(config), "--model-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr()
+    for key in ("clip-vit-l-14", "laion-aesthetic-l14", "qwen2-vl-7b"):
+        assert f"MISSING  {key}" in out.out and f"curation models pull --keys {key}" in out.err
+    assert "ok       pp-ocrv4" in out.out and "ok       nudenet" in out.out
+    assert "absent   quality-scorer  (optional" in out.out
+    assert "Traceback" not in out.err
+    listed = {line.split()[1] for line in out.out.splitlines() if line.startswith(("MISSING", "ok "))}
+    assert listed == set(plan(load_config(config)).models)
+
+
+def test_pull_reports_what_it_cannot_fetch_without_a_traceback(tmp_path, capsys):
+    """Models nobody can download (trained locally) are named with how to make them; needed ones fail the pull."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("operators:\n  - name: descriptor\n  - name: nsfw\n  - name: quality_scorer\n")
+    assert _models_cli(["models", "pull", "--config", str(cfg), "--model-dir", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr()
+    assert "nudenet:" in out.out and "(present)" in out.out
+    assert "quality-scorer: optional, absent; train it: curation scorer" in out.err
+    cfg.write_text("operators:\n  - name: descriptor\n  - name: quality_scorer\n    params: {required: true}\n")
+    assert _models_cli(["models", "pull", "--config", str(cfg), "--model-dir", str(tmp_path / "m")]) == 1
+    out = capsys.readouterr()
+    assert "quality-scorer: MISSING; train it:" in out.err and "not available: quality-scorer" in out.err
+    assert "Traceback" not in out.err

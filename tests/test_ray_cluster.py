@@ -23,12 +23,14 @@ BIN = Path(sys.executable).parent
 
 
 def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def cluster_env(tmp: Path) -> dict:
+    """The environment of this cluster's processes and CLI calls: a fresh auth token, the venv first on PATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     # Token authentication on the job API and GCS, as ray_cluster.yaml sets it up: a fresh token per cluster.
     token = tmp / "auth_token"
@@ -56,24 +58,38 @@ class RayCluster:
     def __enter__(self):
         subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
                         f"--port={self.port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dash}",
-                        f"--num-cpus={self.num_cpus}", f"--temp-dir={self.tmp}", "--disable-usage-stats"],
+                        f"--num-cpus={self.num_cpus}", f"--temp-dir={self.tmp}", "--disable-usage-stats",
+                        *agent_ports()],
                        check=True, env=self.env, capture_output=True, text=True, timeout=180)
         self.gcs = f"127.0.0.1:{self.port}"
         self.api = f"http://127.0.0.1:{self.dash}"
-        self._wait_dashboard()
+        try:
+            self.wait_job_agent()
+        except BaseException:
+            self.__exit__()  # `with` does not call __exit__ when __enter__ raises: stop the processes here
+            raise
         return self
 
-    def _wait_dashboard(self):
-        deadline = time.time() + 120
+    def wait_job_agent(self, timeout_s: float = 240) -> None:
+        """Wait until the cluster runs jobs, as a user's script would: submit a no-op job until it succeeds.
+
+        The job API (the dashboard) answers before the head's job agent has registered, and a submission in between
+        gets "No available agent to submit job"; `ray job list` does not touch the agent, so it cannot tell."""
+        deadline = time.time() + timeout_s
+        last = None
         while time.time() < deadline:
-            p = subprocess.run([str(BIN / "ray"), "job", "list", "--address", self.api], env=self.env,
-                               capture_output=True, text=True, timeout=60)
-            if p.returncode == 0:
+            last = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", self.api, "--", "python", "-c",
+                                   "print('job agent ready')"], env=self.env, capture_output=True, text=True,
+                                  timeout=120)
+            if last.returncode == 0 and "job agent ready" in last.stdout:
                 return
             time.sleep(2)
-        raise RuntimeError("Ray dashboard / job API did not come up")
+        agent_log = sorted(self.tmp.glob("session_*/logs/dashboard_agent.log"))
+        tail = agent_log[-1].read_text(errors="replace")[-2000:] if agent_log else "(no dashboard_agent.log)"
+        raise RuntimeError(f"the cluster's job agent did not accept a job within {timeout_s:.0f} s:\n"
+                           f"{(last.stdout + last.stderr)[-2000:] if last else ''}\nagent log:\n{tail}")
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> None:
         # `ray stop` would stop every Ray on the machine; stop only this cluster's processes (they all carry
         # its temp dir on their command line).
         stop_processes_matching(str(self.tmp))
@@ -93,28 +109,50 @@ def stop_processes_matching(needle: str) -> None:
     psutil.wait_procs(procs, timeout=30)
 
 
+def agent_ports() -> list[str]:
+    """Free ports for the node's agents. Their defaults are fixed numbers (the job agent's HTTP port is 52365):
+    with another Ray on the machine (a busy CI host) the agent cannot bind, stays up without its HTTP service, and
+    every submission gets "No available agent to submit job" for good."""
+    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+            f"--ray-client-server-port={free_port()}"]
+
+
 def submit(cluster: RayCluster, entry_args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
     """`ray job submit --working-dir <repo> -- python pipelines/pretrain_mix.py ...` and wait for it."""
     cmd = [str(BIN / "ray"), "job", "submit", "--address", cluster.api, "--working-dir", str(ROOT),
            "--", "python", "pipelines/pretrain_mix.py", *entry_args]
-    deadline = time.time() + 300
-    while True:
-        proc = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=timeout)
-        # Right after `ray start` the job agent may not be up yet: the job was not created, so retrying is safe.
-        if "No available agent" not in proc.stderr or time.time() > deadline:
-            return proc
-        time.sleep(3)
+    return subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=timeout)
+
+
+def hold_port(port: int) -> socket.socket | None:
+    """Bind `port` on loopback as another Ray on the machine would (None: something already holds it)."""
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        return s
+    except OSError:
+        s.close()
+        return None
 
 
 @pytest.mark.skipif(shutil.which("ray", path=str(BIN)) is None, reason="ray CLI not installed in this environment")
 def test_ray_job_submit_on_real_cluster(sample_dir, labels, tmp_path):
     out = tmp_path / "out"
-    with RayCluster(tmp_path / "ray") as cluster:
-        proc = submit(cluster, ["--input", str(sample_dir), "--output", str(out),
-                                "--config", "pipelines/configs/demo.yaml"])
-        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-        assert "succeeded" in proc.stdout.lower()
-        assert "rows:" in proc.stdout
+    # A busy machine: another Ray's job agent holds the default agent port (52365). The CI flake "No available agent
+    # to submit job" was this collision; the cluster must come up and take jobs all the same.
+    busy = hold_port(52365)
+    try:
+        with RayCluster(tmp_path / "ray") as cluster:
+            proc = submit(cluster, ["--input", str(sample_dir), "--output", str(out),
+                                    "--config", "pipelines/configs/demo.yaml"])
+    finally:
+        if busy is not None:
+            busy.close()
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "succeeded" in proc.stdout.lower()
+    assert "rows:" in proc.stdout
     df = pd.read_parquet(out / "samples")
     assert set(df["source_uri"]) == set(labels["source_uri"])
     assert df["sample_id"].is_unique

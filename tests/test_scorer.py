@@ -90,6 +90,7 @@ def test_scorer_sample_and_train_cli(tmp_path, capsys):
         recs.append(rec)
     (tmp_path / "out" / "samples").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(recs, schema=schema), tmp_path / "out" / "samples" / "part-00000.parquet")
+    (tmp_path / "out" / "run.json").write_text("{}")  # a pipeline output: run.json next to samples/
     parser = argparse.ArgumentParser()
     add_scorer_parser(parser.add_subparsers())
     args = parser.parse_args(["scorer", "sample", "--manifest", str(tmp_path / "out"), "--n", "30"])

@@ -56,3 +56,40 @@ def test_truncated_video_keeps_decodable_frames(tmp_path):
     with pytest.raises(Exception):
         # mp4 with its index at the end: a truncated one cannot even be opened.
         split_video(str(cut), 24.0, (480, 272), SplitConfig())
+
+
+def _gif(path, n: int, delay_ms: int = 100):
+    """A GIF of `n` frames in which a yellow bar moves 5 px per frame (n=1: a still GIF)."""
+    from PIL import Image
+
+    frames = []
+    for i in range(n):
+        a = np.zeros((120, 160, 3), np.uint8)
+        a[:] = (40, 80, 120)
+        a[30:70, 5 * i:5 * i + 20] = (250, 200, 0)
+        frames.append(Image.fromarray(a))
+    frames[0].save(path, save_all=n > 1, append_images=frames[1:], duration=delay_ms, loop=0)
+    return path
+
+
+def test_animated_gif_is_a_video_and_a_still_gif_an_image(tmp_path):
+    """An animated GIF is read as the short video it is (every frame, its timing), not as its first frame."""
+    from dataclasses import asdict
+
+    from curation.config import FramesConfig, LimitsConfig, SplitConfig
+    from curation.ingest import decode_views, probe_and_split
+
+    anim = _gif(tmp_path / "anim.gif", 30)
+    got = probe_and_split(str(anim), asdict(SplitConfig()), asdict(LimitsConfig()), 30)
+    info = got["info"]
+    assert (info["media_type"], info["codec"], info["fps"], info["duration_s"]) == ("video", "gif", 10.0, 3.0)
+    assert got["num_frames"] == 30 and got["clips"] == [[0, 30]]
+    views = decode_views(str(anim), "video", 0, 30, info["fps"], (160, 120), 0, asdict(FramesConfig()),
+                         LimitsConfig().max_pixels, 30)
+    assert len(views.frames) == FramesConfig().num_frames
+    for idx, frame in zip(views.frame_indices, views.frames):
+        yellow = np.where((frame[50, :, 0] > 200) & (frame[50, :, 2] < 100))[0]
+        assert abs(int(yellow.min()) - 5 * int(idx)) <= 2  # frame k shows the bar where frame k has it
+    still = _gif(tmp_path / "still.gif", 1)
+    info = probe_and_split(str(still), asdict(SplitConfig()), asdict(LimitsConfig()), 30)["info"]
+    assert (info["media_type"], info["num_frames"]) == ("image", 1)
