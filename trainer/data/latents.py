@@ -96,7 +96,12 @@ class LatentIndex:
     def __init__(self, root: Path, meta: dict, rows: pd.DataFrame, failed: pd.DataFrame):
         self.root, self.meta, self.rows, self.failed = root, meta, rows, failed
         self.text_dim = int(meta["text_dim"])
-        self._by_id = rows.drop_duplicates("sample_id").set_index("sample_id")
+        # A row in two stages (e.g. a joint stage and the high-quality one) has one entry per stage, each with its
+        # own bucket and shard: look rows up by (stage, sample_id), and by sample_id where that is unambiguous.
+        self._by_key = rows.set_index(["stage", "sample_id"])
+        counts = rows["sample_id"].value_counts()
+        self._stage_of = {sid: st for st, sid in zip(rows["stage"], rows["sample_id"]) if counts[sid] == 1}
+        self._multi = set(counts[counts > 1].index)
 
     @classmethod
     def open(cls, latents_dir: str | os.PathLike) -> "LatentIndex":
@@ -130,32 +135,46 @@ class LatentIndex:
         """Absolute path of a shard named in the index."""
         return self.root / shard
 
-    def load(self, sample_ids: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(latent [C, F, H, W], text [L, text_dim]) per sample id, in order; each shard is opened once."""
+    def _key(self, item, stage: str | None) -> tuple[str, str]:
+        if isinstance(item, tuple):
+            return str(item[0]), str(item[1])
+        if stage is not None:
+            return stage, str(item)
+        if item in self._multi:
+            raise KeyError(f"sample {item} is in several stages of {self.root}; pass stage= or (stage, sample_id)")
+        if item not in self._stage_of:
+            raise KeyError(f"sample {item} is not among the ok rows of {self.root}")
+        return self._stage_of[item], str(item)
+
+    def load(self, sample_ids: list, stage: str | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(latent [C, F, H, W], text [L, text_dim]) per sample, in order; each shard is opened once.
+
+        Items are sample ids (with `stage` when a row is in several stages) or (stage, sample_id) pairs."""
         from safetensors import safe_open
 
-        unknown = [s for s in sample_ids if s not in self._by_id.index]
+        keys = [self._key(item, stage) for item in sample_ids]
+        unknown = [k for k in keys if k not in self._by_key.index]
         if unknown:
-            raise KeyError(f"sample ids not among the ok rows of {self.root}: {unknown[:5]}")
+            raise KeyError(f"not among the ok rows of {self.root}: {unknown[:5]}")
         by_shard: dict[str, list[int]] = {}
-        for i, sid in enumerate(sample_ids):
-            by_shard.setdefault(str(self._by_id.at[sid, "shard"]), []).append(i)
+        for i, key in enumerate(keys):
+            by_shard.setdefault(str(self._by_key.at[key, "shard"]), []).append(i)
         out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(sample_ids)
         for shard, positions in by_shard.items():
             path = self.shard_path(shard)
-            first = sample_ids[positions[0]]
+            first = keys[positions[0]][1]
             if not path.is_file():
                 raise ShardError(f"shard {path} is missing (sample {first})")
             try:
                 with safe_open(str(path), framework="pt") as f:
                     names = set(f.keys())
                     for i in positions:
-                        sid = sample_ids[i]
+                        sid = keys[i][1]
                         for key in (latent_key(sid), text_key(sid)):
                             if key not in names:
                                 raise ShardError(f"shard {path} has no tensor {key} (sample {sid})")
                         lat, txt = f.get_tensor(latent_key(sid)), f.get_tensor(text_key(sid))
-                        want = [int(v) for v in self._by_id.at[sid, "latent_shape"]]
+                        want = [int(v) for v in self._by_key.at[keys[i], "latent_shape"]]
                         if list(lat.shape) != want or txt.dim() != 2 or txt.shape[1] != self.text_dim:
                             raise ShardError(f"shard {path}: sample {sid} has latent {tuple(lat.shape)} (index says "
                                              f"{want}) and text {tuple(txt.shape)} (text_dim {self.text_dim})")
