@@ -238,7 +238,9 @@ def build_vae(cfg: VAESection, weights_file: str | os.PathLike, device: str | to
 
     model = WanVAE(vae_config(cfg.preset, **cfg.overrides))
     model.load_state_dict(load_state_dict_file(str(weights_file)), strict=True)
-    model = model.to(device=device, dtype=getattr(torch, cfg.dtype)).eval().requires_grad_(False)
+    model = model.to(device=device, dtype=getattr(torch, cfg.dtype))
+    model.eval()
+    model.requires_grad_(False)
     # Normalisation constants stay fp32: they are applied to the fp32 copy of the mean.
     model.latent_mean = model.latent_mean.float()
     model.latent_inv_std = model.latent_inv_std.float()

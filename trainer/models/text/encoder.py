@@ -98,7 +98,9 @@ class TextEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
         cls = UMT5EncoderModel if cfg.kind == "umt5" else AutoModel
         model = cls.from_pretrained(str(enc_dir), local_files_only=True, dtype=self.dtype)
-        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.model = model.to(self.device)
+        self.model.eval()
+        self.model.requires_grad_(False)
         self.dim = int(self.model.config.d_model if cfg.kind == "umt5" else self.model.config.hidden_size)
         limit = getattr(self.model.config, "max_position_embeddings", None)
         self.max_tokens = min(cfg.max_tokens, int(limit)) if limit else cfg.max_tokens
