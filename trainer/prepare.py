@@ -593,7 +593,8 @@ def prepare(stages_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Prep
                               "decode_cpu_sum": round(float(results["decode_s"].sum()), 3) if len(results) else 0.0,
                               "vae_sum": round(float(results["vae_s"].sum()), 3) if len(results) else 0.0,
                               "text_sum": round(float(results["text_s"].sum()), 3) if len(results) else 0.0,
-                              "write_sum": round(float(results["write_s"].sum()), 3) if len(results) else 0.0},
+                              "write_sum": round(float(results["write_s"].sum()), 3) if len(results) else 0.0,
+                              "encoder_busy_sum": round(float(results["call_s"].sum()), 3) if len(results) else 0.0},
                 "rows_per_s": round(len(results) / max(1e-9, t_pass - t_read), 3) if len(results) else None,
                 "mean_decode_s_per_row": round(float(results["decode_s"].sum()) / n, 4) if len(results) else None,
                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
