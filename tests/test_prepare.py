@@ -130,6 +130,7 @@ def prepared(tmp_path_factory, tiny_text, ray_local):
 # ----- the pass ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # one real prepare pass on a local Ray (module fixture), about a minute
 def test_index_accounts_for_every_stage_row(prepared):
     stages, out, cfg, meta = prepared
     idx = read_index(out)
@@ -157,9 +158,11 @@ def test_index_accounts_for_every_stage_row(prepared):
         "9x32x48": {"ok": 1, "failed": 2}, "9x48x32": {"ok": 1, "failed": 0}, "1x32x32": {"ok": 2, "failed": 0}}}
     assert c["s2_video"]["ok"] == 2 and c["s2_video"]["failed"] == 1
     assert meta["vae"]["random_init"] and "RANDOM-INIT" in meta["vae"]["note"]
+    assert meta["counts"]["max_text_tokens"] == idx["text_tokens"].max() <= meta["text_len"] == 64
     assert json.loads((out / "prepare.json").read_text())["status"] == "complete"
 
 
+@pytest.mark.slow  # one real prepare pass on a local Ray (module fixture), about a minute
 def test_latents_match_a_direct_encode_and_decode_to_the_bucket(prepared):
     stages, out, cfg, meta = prepared
     index = LatentIndex.open(out)
@@ -188,6 +191,7 @@ def test_latents_match_a_direct_encode_and_decode_to_the_bucket(prepared):
     assert a1.shape[1] == 3 and a2.shape[1] == 2
 
 
+@pytest.mark.slow  # one real prepare pass on a local Ray (module fixture), about a minute
 def test_resume_writes_nothing_new(prepared):
     stages, out, cfg, meta = prepared
     before = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != "prepare.json")
@@ -198,6 +202,7 @@ def test_resume_writes_nothing_new(prepared):
     assert again["counts"] == meta["counts"] and len(again["runs"]) == 2
 
 
+@pytest.mark.slow  # one real prepare pass on a local Ray (module fixture), about a minute
 def test_other_tensor_settings_refuse_the_folder(prepared, tiny_text, tmp_path):
     stages, out, cfg, _ = prepared
     other = _config(tmp_path, tiny_text, storage_dtype="bfloat16")
@@ -205,6 +210,7 @@ def test_other_tensor_settings_refuse_the_folder(prepared, tiny_text, tmp_path):
         prep.prepare(stages, out, other)
 
 
+@pytest.mark.slow  # one real prepare pass on a local Ray (module fixture), about a minute
 def test_missing_or_corrupt_shard_names_it(prepared, tmp_path):
     import shutil
 
@@ -228,6 +234,7 @@ def test_missing_or_corrupt_shard_names_it(prepared, tmp_path):
         LatentIndex.open(tmp_path)
 
 
+@pytest.mark.slow  # one real prepare pass on a local Ray (module fixture), about a minute
 def test_cli_summary_and_config_errors(prepared, tmp_path, capsys):
     stages, out, cfg, _ = prepared
     bad = tmp_path / "bad.yaml"

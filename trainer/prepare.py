@@ -501,6 +501,8 @@ def _counts(index: pd.DataFrame, cfg: PrepareConfig, stage_rows: dict[str, int])
             buckets.setdefault(b, {"ok": 0, "failed": 0})["ok" if s == "ok" else "failed"] += int(n)
         out["stages"][st.name] = {"rows": stage_rows.get(st.name, 0), "ok": int((d["status"] == "ok").sum()),
                                   "failed": int((d["status"] != "ok").sum()), "buckets": buckets}
+    tokens = index.loc[index["status"] == "ok", "text_tokens"]
+    out["max_text_tokens"] = int(tokens.max()) if len(tokens) else 0  # the DiT's text_len must be at least this
     kinds = index.loc[index["status"] != "ok", "error"].fillna("unknown").str.split(":").str[0]
     out["errors"] = {k: int(v) for k, v in kinds.value_counts().items()}
     out["error_examples"] = index.loc[index["status"] != "ok", "error"].head(5).tolist()
