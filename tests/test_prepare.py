@@ -329,6 +329,12 @@ def test_umt5_plumbing_cuts_padding(tiny_text):
     torch.testing.assert_close(out[0], ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="caption 1 is empty"):
         enc.encode(["ok", " "])
+    # trainer.sample's entry point: the kind is read from the folder.
+    from trainer.models.text import load_text_encoder
+
+    again = load_text_encoder(str(tiny_text))
+    assert again.cfg.kind == "umt5" and again.max_tokens == 512
+    torch.testing.assert_close(again.encode([short])[0], out[0], rtol=1e-5, atol=1e-5)
 
 
 def test_minilm_ships_real_embeddings():
@@ -337,6 +343,9 @@ def test_minilm_ships_real_embeddings():
 
     assert models.check(["minilm-l6-v2"]) == []
     enc = build_text_encoder(TextEncoderConfig(kind="minilm", model="minilm-l6-v2"))
+    from trainer.models.text.encoder import infer_kind
+
+    assert infer_kind("minilm-l6-v2") == "minilm"
     assert enc.dim == 384
     texts = ["A dog runs across a grassy field.", "A puppy is running on the grass.",
              "Quarterly revenue rose by four percent.", "The stock market closed higher today."]

@@ -126,3 +126,27 @@ class TextEncoder:
 def build_text_encoder(cfg: TextEncoderConfig, device: str | torch.device = "cpu") -> TextEncoder:
     """Load the configured encoder on `device` (once per actor)."""
     return TextEncoder(cfg, device)
+
+
+def infer_kind(model: str) -> str:
+    """`umt5` or `minilm` for a registry key or folder, from its config.json's model_type (umt5/t5 vs bert)."""
+    import json
+
+    folder = model_folder(model)
+    enc = folder / "text_encoder" if (folder / "text_encoder").is_dir() else folder
+    config = enc / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"text encoder {model!r}: no config.json in {enc}")
+    model_type = json.loads(config.read_text()).get("model_type")
+    if model_type in ("umt5", "t5", "mt5"):
+        return "umt5"
+    if model_type == "bert":
+        return "minilm"
+    raise ValueError(f"text encoder {model!r}: model_type {model_type!r} is neither umt5 nor bert")
+
+
+def load_text_encoder(model: str, device: str | torch.device = "cpu", kind: str | None = None,
+                      max_tokens: int = 512, dtype: str = "auto") -> TextEncoder:
+    """A text encoder from a registry key (umt5-xxl, minilm-l6-v2) or a folder, its kind read from the folder."""
+    kind = kind or infer_kind(model)
+    return TextEncoder(TextEncoderConfig(kind=kind, model=model, max_tokens=max_tokens, dtype=dtype), device)
