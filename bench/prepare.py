@@ -7,7 +7,7 @@ frames), writes them as a curated stage, and measures three things:
 1. decode: `read_row_frames` (curation's isolated decoder, decoder-side resize) + centre crop to 480x832, 81 frames:
    seconds per clip on one core, then clips/s of Ray decode tasks over all CPUs;
 2. encode: `WanVAE.encode` (Wan2.1 architecture; random weights unless `--vae-weights`: speed does not depend on
-   them) of one 81x480x832 clip on the GPU in bf16 and fp32: seconds per clip after a warm-up, peak memory;
+   them) of one 81x480x832 clip on the GPU, bf16 autocast and fp32: seconds per clip after a warm-up, peak memory;
 3. end to end: `trainer.prepare.prepare` (Ray decode tasks -> one GPU actor: VAE + MiniLM text, shards + index) over
    all the clips: clips/s, and the decode / VAE split from its prepare.json.
 
@@ -99,37 +99,39 @@ def _decode_ray(cfg, rows: int) -> float:
 
 def _encode(preset: str, overrides: dict, weights: str | None, shape: tuple[int, int, int], device: str,
             dtypes: list[str], reps: int) -> dict:
-    """Seconds per clip of WanVAE.encode (posterior mean, chunked) at `shape` = (frames, h, w), per dtype."""
+    """Seconds per clip of the pass's VAE encode (`trainer.prepare.encode_clips`: uint8 in, normalised posterior
+    mean out, chunked) of one clip of `shape` = (frames, h, w) already on the device, per compute dtype."""
     import torch
 
     from trainer.models.vae.model import WanVAE, load_state_dict_file, vae_config
+    from trainer.prepare import encode_clips
 
+    torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    model = WanVAE(vae_config(preset, **overrides))
+    if weights:
+        model.load_state_dict(load_state_dict_file(weights), strict=True)
+    model = model.to(device).eval()
+    pix = torch.randint(0, 256, (1,) + shape + (3,), dtype=torch.uint8, device=device)
     out = {}
     for dt in dtypes:
-        torch.manual_seed(0)
-        model = WanVAE(vae_config(preset, **overrides))
-        if weights:
-            model.load_state_dict(load_state_dict_file(weights), strict=True)
-        model = model.to(device=device, dtype=getattr(torch, dt)).eval()
-        x = torch.rand((1, 3) + shape, device=device).mul_(2).sub_(1).to(getattr(torch, dt))
         if device == "cuda":
+            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        model.encode_moments(x)  # warm-up (cuDNN autotune, Triton compile)
+        z = encode_clips(model, pix, dt)  # warm-up (cuDNN autotune, Triton compile)
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(reps):
-            mu, _ = model.encode_moments(x)
+            z = encode_clips(model, pix, dt)
         if device == "cuda":
             torch.cuda.synchronize()
         sec = (time.perf_counter() - t0) / reps
-        rec = {"s_per_clip": round(sec, 4), "clips_per_s": round(1 / sec, 3), "latent_shape": list(mu.shape[1:])}
+        rec = {"s_per_clip": round(sec, 4), "clips_per_s": round(1 / sec, 3),
+               "frames_per_s": round(shape[0] / sec, 1), "latent_shape": list(z.shape[1:])}
         if device == "cuda":
             rec["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         out[dt] = rec
-        del model, x, mu
-        if device == "cuda":
-            torch.cuda.empty_cache()
     return out
 
 
