@@ -82,10 +82,10 @@ def _decode_ray(cfg, rows: int) -> float:
     repeated), timed on a second pass so that worker and decoder-helper start-up are not counted."""
     import ray
 
-    from trainer.prepare import _decode, plan_rows, read_stages
+    from trainer.prepare import _decode, _records, plan_rows, read_stages
 
     planned = plan_rows(read_stages(cfg["stages_dir"], cfg["prepare"]), cfg["prepare"])
-    records = [planned.iloc[i % len(planned)].to_dict() for i in range(rows)]
+    records = [_records(planned)[i % len(planned)] for i in range(rows)]
     rate = 0.0
     for _ in range(2):
         ds = ray.data.from_items(records, override_num_blocks=len(records))

@@ -51,7 +51,7 @@ VAE_FILE = "vae.safetensors"  # the VAE weights used, when they were initialised
 # Stage-row columns the pass carries (the decode needs the first group; the index and the fallback caption the rest).
 _DECODE_COLS = ("source_uri", "media_type", "start_frame", "end_frame", "fps", "width", "height", "rotation")
 _ROW_COLS = ("sample_id", "stage", "weight", "cluster_id", "caption", "caption_source")
-_FIELD_COLS = ("motion_tier", "camera_motion", "object_motion", "ocr_text", "duration_s", "aesthetic_score")
+_FIELD_COLS = ("motion_tier", "camera_motion", "object_motion", "ocr_text", "duration_s")
 
 
 @dataclasses.dataclass
@@ -493,11 +493,14 @@ def plan_rows(rows: pd.DataFrame, cfg: PrepareConfig) -> pd.DataFrame:
         rec["cluster_id"] = int(row["cluster_id"]) if _present(row.get("cluster_id")) else None
         rec.update(caption=cap, caption_source=src, bucket=a.bucket.name if a.bucket else None,
                    indices=list(a.indices), error=a.error or cap_err)
-        for c in _DECODE_COLS + _FIELD_COLS:  # Ray's blocks want one type per column: no pandas NA objects
-            if not _present(rec[c]):
-                rec[c] = None
         recs.append(rec)
     return pd.DataFrame(recs)
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    """Rows as dicts with None for every missing value: pandas' str columns give NaN, which would make Arrow type
+    a string column as float (Ray then falls back to pickling the column)."""
+    return [{k: (v if _present(v) else None) for k, v in r.items()} for r in df.to_dict("records")]
 
 
 def _counts(index: pd.DataFrame, cfg: PrepareConfig, stage_rows: dict[str, int]) -> dict:
@@ -582,10 +585,16 @@ def prepare(stages_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Prep
         c = cfg.compute
         # Same-bucket rows next to each other, so one encoder call stacks whole VAE batches.
         planned = planned.sort_values(["stage", "bucket"], na_position="first", kind="stable")
-        records = planned.to_dict("records")
+        records = _records(planned)
         ds = ray.data.from_items(records, override_num_blocks=max(1, min(len(records) // c.decode_batch_size, 1024)))
+        # A memory reservation for the decoded frames (the largest bucket, a few copies per row). It also keeps the
+        # decode in tasks of its own: with remote args equal to the actor's, Ray Data would fuse the decode into
+        # the encoder actor and the CPUs would sit idle while it decodes.
+        biggest = max(b.frames * b.height * b.width * 3 for st in cfg.stages for b in stage_buckets(st))
+        memory = c.decode_batch_size * biggest * 4 + (512 << 20)  # the worker itself (torch, decoder client): ~400 MiB
         ds = ds.map_batches(_decode, fn_kwargs={"max_pixels": c.max_pixels, "timeout_s": c.decode_timeout_s},
-                            batch_format="pandas", batch_size=c.decode_batch_size, num_cpus=c.decode_cpus)
+                            batch_format="pandas", batch_size=c.decode_batch_size, num_cpus=c.decode_cpus,
+                            memory=memory)
         ds = ds.map_batches(_Encode, fn_constructor_args=(cfg, str(out), str(vae_file)), batch_format="pandas",
                             batch_size=c.batch_size, concurrency=c.concurrency, num_gpus=c.num_gpus,
                             num_cpus=c.num_cpus)
@@ -675,4 +684,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the importable module's main, not this __main__ copy: Ray workers must find `_Encode` and `_decode` as
+    # trainer.prepare attributes (a class of __main__ is pickled by value, dragging its module globals along).
+    from trainer.prepare import main as _main
+
+    raise SystemExit(_main())
