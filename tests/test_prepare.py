@@ -160,6 +160,9 @@ def test_index_accounts_for_every_stage_row(prepared):
     assert meta["vae"]["random_init"] and "RANDOM-INIT" in meta["vae"]["note"]
     assert meta["counts"]["max_text_tokens"] == idx["text_tokens"].max() <= meta["text_len"] == 64
     assert json.loads((out / "prepare.json").read_text())["status"] == "complete"
+    # Decode runs in CPU tasks of its own, next to the encoder actor (fused, the actor would decode serially).
+    assert "MapBatches(_decode)" in meta["ray_data_stats"]
+    assert "_decode)->MapBatches(_Encode" not in meta["ray_data_stats"]
 
 
 @pytest.mark.slow  # one real prepare pass on a local Ray (module fixture), about a minute
@@ -249,6 +252,33 @@ def test_cli_summary_and_config_errors(prepared, tmp_path, capsys):
     assert "stage 's1_image_256': no folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a second prepare pass, as a user runs it: its own process and its own local Ray
+def test_command_line_run_with_caption_fallback(prepared, tiny_text, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    stages, _, cfg, _ = prepared
+    config = tmp_path / "fallback.yaml"
+    data = {"stages": [{"name": "s1_mixed", "resolution": 32, "aspect_ratios": [1.0, 1.75], "frames": [1, 5, 9]}],
+            "vae": {"preset": "tiny"}, "caption_fallback": True,
+            "text_encoder": {"kind": "umt5", "model": str(tiny_text), "max_tokens": 64}}
+    config.write_text(yaml.safe_dump(data))
+    out = tmp_path / "latents"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-m", "trainer.prepare", "--stages", str(stages), "--out", str(out),
+                           "--config", str(config)], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "s1_mixed: 6 rows, 5 ok, 1 failed" in proc.stdout and "RANDOM-INIT VAE" in proc.stdout
+    idx = read_index(out).set_index("sample_id")
+    # The row without a caption now trains on one built from its fields; real captions are kept.
+    assert idx.loc["nocap", "status"] == "ok" and idx.loc["nocap", "caption_source"] == "fallback:fields"
+    assert idx.loc["nocap", "caption"].startswith("A landscape video clip of 2 seconds")
+    assert idx.loc["astro", "caption_source"] == "tiny-cap" and idx.loc["broken", "status"] == "failed"
+
+
 # ----- pure parts -------------------------------------------------------------------------------------------------
 
 
@@ -290,6 +320,18 @@ def test_captions_own_fallback_or_error():
         ("A dog.", "qwen2-vl-7b", None)
     cap, src, err = prep.resolve_caption(dict(row, caption=""), fallback=False)
     assert cap is None and err.startswith("empty caption")
+
+
+def test_rows_reach_arrow_with_their_types():
+    """Missing values of pandas' str columns are NaN (a float): left so, Arrow typed `motion_tier` as double and Ray
+    fell back to pickling the column. The pass hands Ray None instead."""
+    import pyarrow as pa
+
+    df = pd.DataFrame({"motion_tier": pd.array(["optimal", None], dtype="str"), "fps": [8.0, None],
+                       "cluster_id": pd.array([1, None], dtype="Int64"), "indices": [[0, 1], [0]]})
+    t = pa.Table.from_pylist(prep._records(df))
+    assert t.schema.field("motion_tier").type == pa.string() and t.column("motion_tier").null_count == 1
+    assert t.schema.field("cluster_id").type == pa.int64() and t.column("fps").null_count == 1
 
 
 def test_config_validation(tmp_path):

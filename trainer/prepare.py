@@ -620,7 +620,7 @@ def prepare(stages_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Prep
                 "mean_decode_s_per_row": round(float(results["decode_s"].sum()) / n, 4) if len(results) else None,
                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     meta.update(status="complete", counts=_counts(index, cfg, stage_rows), this_run=this_run,
-                ray_data_stats=str(stats)[-4000:] if stats else "")
+                ray_data_stats=str(stats)[-8000:] if stats else "")
     meta["runs"] = meta["runs"] + [{k: this_run[k] for k in ("at", "rows_processed", "rows_skipped_as_done", "ok",
                                                              "failed", "seconds")}]
     write_json_atomic(meta, out / fmt.META_FILE)
