@@ -132,6 +132,9 @@ def _encode(preset: str, overrides: dict, weights: str | None, shape: tuple[int,
         if device == "cuda":
             rec["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         out[dt] = rec
+    del model, pix, z
+    if device == "cuda":
+        torch.cuda.empty_cache()  # the prepare pass's GPU actor comes next
     return out
 
 
