@@ -75,7 +75,16 @@ def test_exact_velocity_of_gaussian_data_lands_on_its_distribution(solver, steps
     assert abs(bad.mean().item() - mu) > 0.5
 
 
-def test_tiny_dit_overfits_one_clip_and_the_sampler_reproduces_it():
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster than two and keeps the test's time steady on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_tiny_dit_overfits_one_clip_and_the_sampler_reproduces_it(one_thread):
     """A small DiT trained on one latent clip with the flow loss; sampling (UniPC and Euler) returns that clip."""
     from trainer.flow import timesteps as ts
 

@@ -129,7 +129,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vae-override", action="append", default=[], metavar="KEY=VALUE",
                    help="VAE config override (e.g. z_dim=16), repeatable")
     p.add_argument("--text-encoder", default="umt5-xxl",
-                   help="registry key (umt5-xxl, minilm-l6) or a local folder of a UMT5 encoder + tokenizer")
+                   help="registry key (umt5-xxl, minilm-l6-v2) or a local folder of a UMT5 encoder + tokenizer")
     p.add_argument("--prompt", action="append", required=True, help="repeatable: one video per prompt")
     p.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE)
     p.add_argument("--out", required=True, help="output .mp4 (several prompts: NAME-0.mp4, NAME-1.mp4, ...)")
