@@ -135,8 +135,15 @@ def _probe_video(path: str, limits: LimitsConfig, sniffed: str | None) -> ProbeI
         rotation = _first_frame_rotation(container, stream, limits)
         if rotation in (90, 270):
             w, h = h, w
-        return ProbeInfo(media_type="video", width=w, height=h, codec=cc.name, fps=fps, num_frames=frames,
+        return ProbeInfo(media_type="video", width=w, height=h, codec=codec_name(cc), fps=fps, num_frames=frames,
                          duration_s=duration, rotation=rotation)
+
+
+def codec_name(codec_context) -> str | None:
+    """The codec of a stream (`av1`, `h264`, `vp9`), not the decoder FFmpeg picked for it (`libdav1d`, `libvpx-vp9`)."""
+    codec = getattr(codec_context, "codec", None)
+    # FFmpeg's codec descriptor name (avcodec_get_name of the codec id) names the format whatever library decodes it.
+    return getattr(codec, "canonical_name", None) or getattr(codec_context, "name", None)
 
 
 def rotation_cw(frame) -> int:
