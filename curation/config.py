@@ -407,26 +407,44 @@ def parse_config(data: dict[str, Any]) -> PipelineConfig:
     )
     # Instantiating each operator validates its parameters now, at start-up, not on a worker hours later.
     from curation.catalog import build_operator
-    from curation.schema import base_schema
+    from curation.schema import BASE_CATEGORIES, base_schema
 
     produced = {f.name for f in base_schema()}
+    categories = dict(BASE_CATEGORIES)
     for spec in cfg.operators:
-        produced |= set(build_operator(spec).produces)
+        op = build_operator(spec)
+        produced |= set(op.produces)
+        categories.update(op.categories)
     for rule in cfg.decide:
         if rule.column not in produced:
             raise ConfigError(f"decide.{rule.column}: no column of that name in the schema or produced by the "
                               f"configured operators")
+        _check_values(f"decide.{rule.column}.exclude", rule.column, rule.exclude, categories)
     for st in cfg.stages:
         cols = [r.column for r in st.where] + list(st.weights) + ([st.balance] if st.balance else [])
         for col in cols:
             if col not in produced:
                 raise ConfigError(f"stages.{st.name}: no column {col!r} in the schema or produced by the configured "
                                   f"operators")
+        for rule in st.where:
+            _check_values(f"stages.{st.name}.where.{rule.column}.exclude", rule.column, rule.exclude, categories)
+        for col, per_value in st.weights.items():
+            _check_values(f"stages.{st.name}.weights.{col}", col, tuple(per_value), categories)
         if st.balance == "cluster_id" and not cfg.clustering.enabled:
             raise ConfigError(f"stages.{st.name}: balance: cluster_id needs clustering.enabled (or set balance: null)")
     if cfg.clustering.enabled and not any(s.name in ("embedding", "descriptor") for s in cfg.operators):
         raise ConfigError("clustering.enabled: needs an `embedding` or `descriptor` operator to fill `embedding`")
     return cfg
+
+
+def _check_values(where: str, column: str, values: tuple[str, ...], categories: dict[str, tuple[str, ...]]) -> None:
+    """Values named for a categorical column must be among the values it takes (a typo would never match)."""
+    valid = categories.get(column)
+    if valid is None:
+        return
+    unknown = [v for v in values if v not in valid]
+    if unknown:
+        raise ConfigError(f"{where}: unknown value(s) {unknown} for {column}; valid values: {', '.join(valid)}")
 
 
 def load_config(path: str | Path) -> PipelineConfig:

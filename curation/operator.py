@@ -55,6 +55,9 @@ class Operator:
     default_batch_size: ClassVar[int] = 8
     # Parameters accepted from config, with defaults. Unknown keys are a config error.
     params: ClassVar[dict[str, Any]] = {}
+    # Categorical columns among `produces`: column -> every value it can take. Rules and stage weights naming a
+    # value outside these (`exclude: [statc]`) are refused at start-up instead of silently never matching.
+    categories: ClassVar[dict[str, tuple[str, ...]]] = {}
     # Attributes holding loaded models or engines: left out when Ray pickles the operator to ship it to a worker,
     # which loads its own in setup().
     transient: ClassVar[tuple[str, ...]] = ()

@@ -9,6 +9,8 @@ import pyarrow as pa
 STATUSES = ("kept", "rejected", "failed")
 MOTION_TIERS = ("optimal", "medium", "static", "camera_driven", "low_quality", "shaky")
 MEDIA_TYPES = ("video", "image")
+# Categorical columns of the base schema and every value they take (operators declare theirs in `categories`).
+BASE_CATEGORIES: dict[str, tuple[str, ...]] = {"media_type": MEDIA_TYPES, "status": STATUSES}
 
 # Identity and probe columns, filled before any operator runs.
 IDENTITY_FIELDS: list[pa.Field] = [

@@ -44,6 +44,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.operator import Operator, OperatorConfigError, Resources
+from curation.schema import MOTION_TIERS
 
 NOISE_FLOOR_PX = 0.25  # DIS error on clean texture is ~0.1-0.2 px: residuals below this are not object motion
 
@@ -234,6 +235,7 @@ class MotionGrading(Operator):
         "flicker_score": pa.float64(),
         "motion_incoherence": pa.float64(),
     }
+    categories: ClassVar[dict[str, tuple[str, ...]]] = {"motion_tier": MOTION_TIERS}  # what `grade` returns
     stateful: ClassVar[bool] = False
     default_resources: ClassVar[Resources] = Resources(num_cpus=1.0)
     default_batch_size: ClassVar[int] = 8

@@ -66,6 +66,9 @@ def gradient_persistence(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return strength, coherence, np.abs(sx), np.abs(sy), change
 
 
+ZONES = ("tl", "tr", "bl", "br", "top")  # the keys of `overlay_zones`, the values of `watermark_zone`
+
+
 def overlay_zones(h: int, w: int, zone: float) -> dict[str, tuple[int, int, int, int]]:
     """Where overlays live: the four corners and a top-centre band, as (y0, x0, y1, x1)."""
     zh, zw = max(1, int(h * zone)), max(1, int(w * zone))
@@ -135,6 +138,7 @@ class WatermarkDetector(Operator):
     name: ClassVar[str] = "watermark"
     needs: ClassVar[tuple[str, ...]] = ("frames",)
     produces: ClassVar[dict[str, pa.DataType]] = {"watermark_score": pa.float64(), "watermark_zone": pa.string()}
+    categories: ClassVar[dict[str, tuple[str, ...]]] = {"watermark_zone": ZONES}
     stateful: ClassVar[bool] = False
     default_resources: ClassVar[Resources] = Resources(num_cpus=0.5)
     default_batch_size: ClassVar[int] = 16

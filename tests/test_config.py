@@ -77,6 +77,51 @@ def test_rule_on_unknown_column_is_refused():
         parse_config({"decide": {"short_side": {"min": 128}}})  # needs the `basic` operator
 
 
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        ({"operators": ["motion"], "decide": {"motion_tier": {"exclude": ["statc", "shaky"]}}},
+         "decide.motion_tier.exclude: unknown value(s) ['statc'] for motion_tier; valid values: optimal, medium, "
+         "static, camera_driven, low_quality, shaky"),
+        ({"decide": {"media_type": {"exclude": ["videos"]}}},
+         "decide.media_type.exclude: unknown value(s) ['videos'] for media_type; valid values: video, image"),
+        ({"operators": ["watermark"], "decide": {"watermark_zone": {"exclude": ["top_left"]}}},
+         "valid values: tl, tr, bl, br, top"),
+        ({"operators": ["motion"], "stages": [{"name": "s1", "balance": None,
+                                                "where": {"motion_tier": {"exclude": ["camera"]}}}]},
+         "stages.s1.where.motion_tier.exclude: unknown value(s) ['camera']"),
+        ({"operators": ["motion"], "stages": [{"name": "s1", "balance": None,
+                                                "weights": {"motion_tier": {"optimum": 1.5}}}]},
+         "stages.s1.weights.motion_tier: unknown value(s) ['optimum']"),
+    ],
+)
+def test_categorical_values_are_validated(data, needle):
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data)
+    assert needle in str(exc.value)
+
+
+def test_valid_categorical_values_and_free_text_columns_pass():
+    cfg = parse_config({"operators": ["motion", "watermark"],
+                        "decide": {"motion_tier": {"exclude": ["static", "low_quality", "shaky"]},
+                                   "watermark_zone": {"exclude": ["top"]},
+                                   "codec": {"exclude": ["mjpeg"]}}})  # codec is not categorical: any value
+    assert [r.column for r in cfg.decide] == ["motion_tier", "watermark_zone", "codec"]
+
+
+def test_typo_in_exclude_stops_the_cli_at_startup(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("operators: [motion]\ndecide:\n  motion_tier: {exclude: [statc]}\n")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "pipelines" / "pretrain_mix.py"), "--input", str(tmp_path), "--output", str(out),
+         "--config", str(bad)], capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "motion_tier" in proc.stderr and "statc" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "samples").exists()
+
+
 def test_operators_ship_without_their_loaded_models():
     """Ray pickles an operator to ship it to workers: loaded models stay behind (setup() loads them there)."""
     import pickle
