@@ -99,3 +99,47 @@ def test_operator_images_null_and_head_slot(photos):
     assert "embedding" in headed.needs and headed.models == ("watermark-head",)
     headed._head = (np.ones(4, np.float32), -10.0)  # a stand-in head (plumbing only: no real head exists yet)
     assert headed.learned_score({"embedding": np.ones(4)}) == pytest.approx(1 / (1 + np.exp(6.0)))
+
+
+def _decoded(path, n: int) -> np.ndarray:
+    """The K = 8 uniform `frames` view of a whole encoded clip, through the pipeline's decoder."""
+    from curation.config import FramesConfig
+    from curation.frames import decode_video_views
+
+    return decode_video_views(str(path), 0, n, 24.0, (W, H), 0, FramesConfig()).frames
+
+
+def _score(frames: np.ndarray, num_frames: int, **params):
+    batch = {"sample_id": np.array(["a"], dtype=object), "status": np.array(["kept"], dtype=object),
+             "media_type": np.array(["video"], dtype=object), "num_frames": np.array([num_frames]),
+             "frames": frames[None]}
+    return WatermarkDetector(**params)(batch)["watermark_score"][0]
+
+
+def test_short_clean_clip_abstains(photos, tmp_path):
+    """A clean 8-frame pan (no logo, no text): its soft edges move 3 px a frame, too little to tell from an overlay;
+    the heuristic alone calls it a watermark, the operator abstains (null) below `min_clip_frames`."""
+    path = tmp_path / "short_pan.mp4"
+    n = S.write_mp4(path, S.pan_frames(photos["astronaut"], W, H, 8, 3.0, 0.9), W, H)
+    frames = _decoded(path, n)
+    assert watermark_heuristic(frames)[0] > 0.5  # the unreliable reading the abstention exists for
+    assert _score(frames, n) is None
+    # The rule is the documented parameter, nothing else: lowered below the clip's length, the reading comes back.
+    assert _score(frames, n, min_clip_frames=8) > 0.5
+
+
+def test_real_logo_clip_still_scores_high_and_short_logo_clip_abstains(photos, font, tmp_path):
+    clip = np.stack(list(_logo("NEWS24", "tr", font, 0.5).apply(_pan(photos["coffee"]))))
+    path = tmp_path / "logo.mp4"
+    n = S.write_mp4(path, clip, W, H)
+    assert n == N and _score(_decoded(path, n), n) > 0.5
+    short = tmp_path / "logo_short.mp4"
+    S.write_mp4(short, clip[:8], W, H)
+    assert _score(_decoded(short, 8), 8) is None
+
+
+def test_min_clip_frames_is_validated():
+    from curation.operator import OperatorConfigError
+
+    with pytest.raises(OperatorConfigError, match="min_clip_frames must be an integer >= 3"):
+        WatermarkDetector(min_clip_frames=1)
