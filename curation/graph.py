@@ -40,6 +40,26 @@ def _source_batch_to_rows(batch: dict[str, np.ndarray], cfg: PipelineConfig) -> 
     return pa.Table.from_pylist(rows, schema=base_schema())
 
 
+# Every stage takes Arrow batches and converts them itself (`numpy_batch`): Ray's numpy conversion turns a nullable
+# integer column into float64 with NaN, which silently drops the low bits of 64-bit values (`phash`).
+STAGE_BATCH_FORMAT = "pyarrow"
+
+
+def numpy_batch(table: pa.Table) -> dict[str, np.ndarray]:
+    """An Arrow batch as the numpy columns operators see, nullable integers kept exact: an integer column with
+    nulls becomes an object array of Python ints and None (not float64 with NaN, as Ray and numpy would make it)."""
+    from ray.data.block import BlockAccessor
+
+    exact = [f.name for f in table.schema if pa.types.is_integer(f.type) and table.column(f.name).null_count]
+    rest = [n for n in table.column_names if n not in exact]
+    out = BlockAccessor.for_block(table.select(rest)).to_numpy(rest) if rest else {}
+    for name in exact:
+        col = np.empty(table.num_rows, dtype=object)
+        col[:] = table.column(name).to_pylist()
+        out[name] = col
+    return {n: out[n] for n in table.column_names}
+
+
 class _Stage:
     """Post-processing shared by every stage: drop the frame views once no later operator needs them, and apply
     `decide` in the last stage (no extra Ray stage, no extra hop through the object store)."""
@@ -85,7 +105,8 @@ class _TaskChain(_Stage):
         self.drop_views = drop
         self.decide_cfg = cfg if decide else None
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
+        batch = numpy_batch(table)
         if self.decode:
             batch = attach_views(batch, self.cfg)
         for op in self.ops:
@@ -105,8 +126,8 @@ class _OperatorActor(_Stage):
         self.drop_views = drop
         self.decide_cfg = cfg if decide else None
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._post(self.op(batch))
+    def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
+        return self._post(self.op(numpy_batch(table)))
 
 
 @dataclass
@@ -163,13 +184,13 @@ def build_dataset(uris: list[str], cfg: PipelineConfig, graph: GraphPlan):
             cpus = max([1.0 if gi == 0 else 0.25] + [op.resources.num_cpus for op in ops])
             batch = min([4 if gi == 0 else 64] + [op.batch_size for op in ops])
             chain = _TaskChain(ops, cfg, decode=(gi == 0), drop=drop, decide=decide, schema=graph.schema)
-            ds = ds.map_batches(chain, batch_size=batch, batch_format="numpy", num_cpus=cpus)
+            ds = ds.map_batches(chain, batch_size=batch, batch_format=STAGE_BATCH_FORMAT, num_cpus=cpus)
         else:
             spec, op = members[0]
             ds = ds.map_batches(_OperatorActor, fn_constructor_kwargs={"spec": spec, "cfg": cfg, "drop": drop,
                                                                        "decide": decide, "schema": graph.schema},
                                 compute=ActorPoolStrategy(min_size=1, max_size=spec.concurrency or 1),
-                                batch_size=op.batch_size, batch_format="numpy", **op.resources.ray_args())
+                                batch_size=op.batch_size, batch_format=STAGE_BATCH_FORMAT, **op.resources.ray_args())
     return ds
 
 

@@ -202,7 +202,8 @@ def attach_views(batch: dict[str, np.ndarray], cfg: PipelineConfig) -> dict[str,
 
 
 def _int_or_zero(v: Any) -> int:
-    # Nullable integers arrive as floats with NaN in Ray's numpy batches.
+    # The graph passes nullable integers as Python ints or None (graph.numpy_batch); pandas batches of the later
+    # passes may still carry them as floats with NaN.
     if v is None or (isinstance(v, (float, np.floating)) and np.isnan(v)):
         return 0
     return int(v)
