@@ -16,7 +16,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "pipelines" / "configs
 def _cmd_run(args: argparse.Namespace) -> int:
     from curation.runner import main_run
 
-    return main_run(args.input, args.output, args.config, args.limit, args.address, args.progress_interval)
+    return main_run(args.input, args.output, args.config, args.limit, args.address,
+                    progress_interval_s=args.progress_interval, recompute=args.recompute)
 
 
 def _cmd_samples_make(args: argparse.Namespace) -> int:
@@ -60,6 +61,24 @@ def _cmd_caption(args: argparse.Namespace) -> int:
     init_ray(args.address, quiet_logs=True)
     print(json.dumps(caption_existing_run(args.output, cfg), indent=2))
     return 0
+
+
+def _add_decide_parser(sub: argparse._SubParsersAction) -> None:
+    """`curation decide OUT --config C`: re-apply the config's `decide:` to the stored scores (curation/resume.py)."""
+    d = sub.add_parser("decide", help="re-decide every row of OUTPUT from its stored scores with the config's decide: "
+                       "thresholds (no decoding), then redo duplicate marking, stage mixes, run.json and the report")
+    d.add_argument("output")
+    d.add_argument("--config", required=True, help="pipeline YAML whose decide:, clustering: and stages: apply (its "
+                   "scoring part must match the one the output was scored with)")
+    d.add_argument("--address", default=None, help="Ray cluster address for the clustering pass (default: "
+                   "$RAY_ADDRESS or local)")
+
+    def run(args: argparse.Namespace) -> int:
+        from curation.resume import main_decide
+
+        return main_decide(args.output, args.config, args.address)
+
+    d.set_defaults(func=run)
 
 
 def _add_optional(sub: argparse._SubParsersAction, module: str) -> None:
@@ -119,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)")
     r.add_argument("--progress-interval", type=float, default=30.0, metavar="S",
                    help="log sources done/total, rows/s and ETA every S seconds (default 30; 0: off)")
+    r.add_argument("--recompute", action="store_true", help="re-score rows the output holds from another scoring "
+                   "config (split, frames, limits, operators) instead of refusing to mix them")
     r.set_defaults(func=_cmd_run)
 
     s = sub.add_parser("samples", help="labeled sample data")
@@ -145,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)")
     cp.set_defaults(func=_cmd_caption)
 
+    _add_decide_parser(sub)
     _add_optional(sub, "curation.heads_cli")
     return p
 

@@ -256,15 +256,22 @@ def versions() -> dict[str, str]:
 
 
 def run_pipeline(inputs: list[str], output: str | Path, cfg: PipelineConfig, limit: int | None = None,
-                 config_path: str | None = None, progress_interval_s: float = 30.0) -> dict[str, Any]:
+                 config_path: str | None = None, progress_interval_s: float = 30.0,
+                 recompute: bool = False) -> dict[str, Any]:
     """Run the whole graph over `inputs`, writing manifests under `output`; return the run summary (run.json).
 
-    `progress_interval_s`: log sources done / total, rows/s and an ETA this often while the graph runs (0: never)."""
+    `progress_interval_s`: log sources done / total, rows/s and an ETA this often while the graph runs (0: never).
+    Resuming: rows scored with another scoring config stop the run (`curation.resume.ResumeError`) unless
+    `recompute`, which re-scores them; rows decided with other thresholds are re-decided from their scores."""
+    from curation.resume import check_resume, fingerprints, part_metadata, redecide_manifest, remove_stale
+
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     graph = plan(cfg)
     model_info = _check_models(graph.models)
+    resume = check_resume(output, cfg, recompute=recompute)
+    rows_removed = remove_stale(output, resume)
 
     listing = list_sources(inputs, cfg.image_extensions + cfg.video_extensions, limit=limit)
     done = finished_sources(output)
@@ -273,7 +280,7 @@ def run_pipeline(inputs: list[str], output: str | Path, cfg: PipelineConfig, lim
     log.info("%d sources listed, %d already finished, %d to process", len(listing.uris), len(listing.uris) - len(todo),
              len(todo))
 
-    writer = SampleWriter(output, graph.schema, cfg.rows_per_file)
+    writer = SampleWriter(output, graph.schema.with_metadata(part_metadata(cfg)), cfg.rows_per_file)
     stats = ""
     if todo:
         ds = build_dataset(todo, cfg, graph)
@@ -288,7 +295,8 @@ def run_pipeline(inputs: list[str], output: str | Path, cfg: PipelineConfig, lim
     t_graph = time.time()
     if incomplete:
         raise RuntimeError(f"internal error: sources with missing clips after the graph finished: {incomplete}")
-    clustering = _cluster(output, cfg)
+    redecided = redecide_manifest(output, cfg)  # rows of earlier runs, when `decide:` changed since
+    clustering = _cluster(output, cfg, refit=resume["refit_centroids"])
     t_cluster = time.time()
     captioning = _caption(output, cfg)
     t_caption = time.time()
@@ -304,6 +312,11 @@ def run_pipeline(inputs: list[str], output: str | Path, cfg: PipelineConfig, lim
         "output": str(output),
         "config_path": config_path,
         "config": cfg.to_dict(),
+        "fingerprints": fingerprints(cfg),
+        "resume": {"previous_fingerprints": resume["previous_fingerprints"], "recompute": recompute,
+                   "parts_removed_by_recompute": len(resume["stale_parts"]), "rows_removed_by_recompute": rows_removed,
+                   "unverified_parts": resume["unverified_parts"], "centroids_refit": resume["refit_centroids"],
+                   "redecide": redecided},
         "versions": versions(),
         "models": model_info,
         "operators": [spec.name for spec in cfg.operators],
@@ -360,8 +373,9 @@ def _caption(output: Path, cfg: PipelineConfig) -> dict[str, Any]:
     return caption_manifest(output, cfg.captioning, cfg.limits)
 
 
-def _cluster(output: Path, cfg: PipelineConfig) -> dict[str, Any]:
-    """Fit k-means on the written embeddings, assign every row and mark near-duplicates (a second Ray pass)."""
+def _cluster(output: Path, cfg: PipelineConfig, refit: bool = False) -> dict[str, Any]:
+    """Fit k-means on the written embeddings, assign every row and mark near-duplicates (a second Ray pass);
+    `refit`: fit new centroids even if `centroids.npy` exists (its k, seed or sample size changed)."""
     c = cfg.clustering
     if not c.enabled:
         return {"enabled": False}
@@ -369,5 +383,5 @@ def _cluster(output: Path, cfg: PipelineConfig) -> dict[str, Any]:
     from curation.dedup import DedupConfig
 
     dedup = DedupConfig(cos_threshold=c.cos_threshold, hamming_threshold=c.hamming_threshold, use_phash=c.use_phash)
-    return cluster_manifest(output, k=c.k, sample_size=c.sample_size, seed=c.seed, refit=c.refit, dedup=dedup,
-                            reject_duplicates=c.reject_duplicates)
+    return cluster_manifest(output, k=c.k, sample_size=c.sample_size, seed=c.seed, refit=c.refit or refit,
+                            dedup=dedup, reject_duplicates=c.reject_duplicates)

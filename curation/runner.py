@@ -66,12 +66,13 @@ def format_counts(summary: dict) -> str:
 
 
 def main_run(inputs: list[str], output: str, config: str, limit: int | None = None,
-             address: str | None = None, progress_interval_s: float = 30.0) -> int:
+             address: str | None = None, progress_interval_s: float = 30.0, recompute: bool = False) -> int:
     """Validate the config, start/join Ray, run, write manifests and print the counts."""
     from curation.graph import plan, run_pipeline
     from curation.manifest import OutputError, check_new_output
     from curation.models import ModelNotFoundError
     from curation.models import require as require_models
+    from curation.resume import ResumeError, check_resume
 
     try:
         cfg = load_config(config)
@@ -83,13 +84,15 @@ def main_run(inputs: list[str], output: str, config: str, limit: int | None = No
         print(f"input not found: {', '.join(missing)}", file=sys.stderr)
         return 2
     try:
-        # Before Ray starts: a wrong --output or a missing model costs a second, not a cluster start-up.
+        # Before Ray starts: a wrong --output, a missing model or an output scored with another config costs a
+        # second, not a cluster start-up.
         check_new_output(output)
         require_models(plan(cfg).models)
+        check_resume(output, cfg, recompute=recompute)
         init_ray(address, quiet_logs=True)
         summary = run_pipeline(inputs, output, cfg, limit=limit, config_path=str(Path(config).resolve()),
-                               progress_interval_s=progress_interval_s)
-    except (OutputError, ModelNotFoundError) as exc:  # expected: one message, no traceback
+                               progress_interval_s=progress_interval_s, recompute=recompute)
+    except (OutputError, ModelNotFoundError, ResumeError) as exc:  # expected: one message, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1 if isinstance(exc, ModelNotFoundError) else 2
     print(format_counts(summary))

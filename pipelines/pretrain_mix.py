@@ -29,9 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or a local Ray)")
     p.add_argument("--progress-interval", type=float, default=30.0, metavar="S",
                    help="log sources done/total, rows/s and ETA every S seconds (default 30; 0: off)")
+    p.add_argument("--recompute", action="store_true", help="re-score rows the output holds from another scoring "
+                   "config (split, frames, limits, operators) instead of refusing to mix them")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return main_run(args.input, args.output, args.config, args.limit, args.address, args.progress_interval)
+    return main_run(args.input, args.output, args.config, args.limit, args.address,
+                    progress_interval_s=args.progress_interval, recompute=args.recompute)
 
 
 if __name__ == "__main__":
