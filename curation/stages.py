@@ -116,13 +116,17 @@ def mix(df: pd.DataFrame, st: StageSpec) -> pd.DataFrame:
     return sel.reset_index(drop=True)
 
 
-def _kept_rows(output: Path) -> pd.DataFrame:
+def _kept_rows(output: Path) -> tuple[pd.DataFrame, pa.Schema]:
     import pyarrow.dataset as pads
 
     from curation.manifest import SAMPLES, read_manifest
 
     t = read_manifest(output / SAMPLES, exclude=DROPPED_COLUMNS, filter=pads.field("status") == "kept")
-    return t.to_pandas() if t.num_columns else pd.DataFrame()
+    if not t.num_columns:
+        return pd.DataFrame(), pa.schema([])
+    # Integer columns with nulls as Python ints, not float64: a 64-bit `phash` would lose its low bits, and the stage
+    # file's column would turn into a double.
+    return t.to_pandas(integer_object_nulls=True), t.schema
 
 
 def write_stages(output: str | os.PathLike, stages: tuple[StageSpec, ...]) -> dict[str, Any]:
@@ -130,7 +134,9 @@ def write_stages(output: str | os.PathLike, stages: tuple[StageSpec, ...]) -> di
     output = Path(output)
     if not stages:
         return {}
-    kept = _kept_rows(output)
+    kept, kept_schema = _kept_rows(output)
+    # Stage files keep the manifest's column types (an all-null column of a stage stays typed).
+    schema = pa.schema(list(kept_schema) + [pa.field("weight", pa.float64()), pa.field("stage", pa.string())])
     tmp = output / f".{STAGES}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     summary: dict[str, Any] = {}
@@ -139,7 +145,8 @@ def write_stages(output: str | os.PathLike, stages: tuple[StageSpec, ...]) -> di
         folder = tmp / st.name
         folder.mkdir(parents=True)
         if len(rows):
-            write_table_atomic(pa.Table.from_pandas(rows, preserve_index=False), folder / "part-00000.parquet")
+            write_table_atomic(pa.Table.from_pandas(rows, schema=schema, preserve_index=False),
+                               folder / "part-00000.parquet")
         dur = rows["duration_s"].where(rows["media_type"] == "video").sum() if len(rows) else 0.0
         summary[st.name] = {
             "order": order,

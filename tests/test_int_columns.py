@@ -80,3 +80,34 @@ def test_graph_stages_keep_int64_exact_next_to_failed_rows(ray_local):
     assert by_id["bad"]["status"] == "failed" and by_id["bad"]["phash"] is None and by_id["bad"]["width"] is None
     for c in INT_COLUMNS:
         assert out.schema.field(c).type == pa.int64()
+
+
+def test_stage_files_keep_int64_exact(tmp_path):
+    """Stage mixes are built in pandas: a kept row with a null integer must not turn the column into float64."""
+    from curation.config import StageSpec
+    from curation.manifest import SampleWriter
+    from curation.stages import write_stages
+
+    schema = plan(parse_config({"operators": ["basic", "phash"]})).schema
+    table = _rows_with_a_failed_one(schema)
+    # A kept row without a hash or cluster (e.g. an operator left it null): nulls among the kept rows.
+    rows = table.to_pylist()
+    for r in rows:
+        if r["sample_id"] != "bad":
+            r.update(width=640, height=360, clips_in_source=1, clip_index=0)  # what selection and writer need
+    rows[2].update(status="kept", error=None, media_type="image", width=300, height=300, phash=None, cluster_id=None)
+    w = SampleWriter(tmp_path, schema, rows_per_file=100)
+    w.add_table(pa.Table.from_pylist(rows, schema=schema))
+    w.close()
+    write_stages(tmp_path, (StageSpec(name="all", balance=None),))
+    (part,) = (tmp_path / "stages" / "all").glob("part-*.parquet")
+    import pyarrow.parquet as pq
+
+    got = pq.read_table(part)
+    for c in INT_COLUMNS:
+        assert got.schema.field(c).type == pa.int64(), c
+    by_id = {r["sample_id"]: r for r in got.to_pylist()}
+    assert by_id["bad"]["phash"] is None and by_id["bad"]["cluster_id"] is None
+    for i, v in enumerate(BIG):
+        free = [c for c in INT_COLUMNS if c not in ("width", "height", "clips_in_source", "clip_index")]
+        assert {c: by_id[f"s{i}"][c] for c in free} == {c: v for c in free}
