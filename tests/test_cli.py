@@ -71,6 +71,7 @@ def _verbs(out: str, tmp_path) -> dict[str, list[str]]:
         "summary": ["summary", out],
         "report": ["report", out],
         "caption": ["caption", out, "--config", str(DEMO_CONFIG)],
+        "decide": ["decide", out, "--config", str(DEMO_CONFIG)],
         "scorer sample": ["scorer", "sample", "--manifest", out, "--n", "5"],
         "scorer train": ["scorer", "train", "--annotations", str(ann), "--manifest", out],
         "scorer proxy-labels": ["scorer", "proxy-labels", "--manifest", out, "--labels", str(labels)],
