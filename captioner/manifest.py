@@ -16,14 +16,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from curation import outfs
 from curation.config import CaptionConfig, FramesConfig, LimitsConfig, PipelineConfig
 
 log = logging.getLogger("curation.captioner")
@@ -33,14 +32,16 @@ _READ = ("sample_id", "source_uri", "media_type", "start_frame", "end_frame", "f
 _MAX_ERRORS = 5
 
 
-def _parts(output: Path) -> list[Path]:
-    return sorted((output / "samples").glob("part-*.parquet"))
+def _parts(output: str) -> list[str]:
+    from curation.manifest import SAMPLES, part_files
+
+    return part_files(outfs.join(output, SAMPLES))
 
 
-def _todo(parts: list[Path], recaption: bool) -> int:
+def _todo(parts: list[str], recaption: bool) -> int:
     n = 0
     for p in parts:
-        t = pq.read_table(p, columns=[c for c in ("status", "caption") if c in pq.read_schema(p).names])
+        t = outfs.read_parquet(p, columns=[c for c in ("status", "caption") if c in outfs.parquet_schema(p).names])
         kept = np.array(t.column("status").to_pylist(), dtype=object) == "kept"
         if not recaption and "caption" in t.column_names:
             kept &= np.array([c is None for c in t.column("caption").to_pylist()])
@@ -99,12 +100,12 @@ class _Caption:
         return out
 
 
-def _write_part(batch: pd.DataFrame) -> pd.DataFrame:
+def _write_part(batch: pd.DataFrame, like: str = "") -> pd.DataFrame:
     """Ray map_groups body: fill one part file's `caption` / `caption_source` for the captioned rows."""
     from curation.manifest import set_column, write_table_atomic
 
-    path = Path(batch["path"].iloc[0])
-    table = pq.read_table(path)
+    path = outfs.location_of(str(batch["path"].iloc[0]), like)
+    table = outfs.read_parquet(path)
     got = {s: (c, src) for s, c, src in zip(batch["sample_id"], batch["caption"], batch["caption_source"])
            if isinstance(c, str)}
     ids = table.column("sample_id").to_pylist()
@@ -127,7 +128,7 @@ def caption_manifest(output_dir: str | os.PathLike, cfg: CaptionConfig,
     """Caption the kept rows of `<output>/samples/` that have no caption yet; return the summary for run.json."""
     import ray
 
-    out = Path(output_dir)
+    out = os.fspath(output_dir)
     t0 = time.perf_counter()
     parts = _parts(out)
     from captioner.qwen2vl import model_name
@@ -146,9 +147,10 @@ def caption_manifest(output_dir: str | os.PathLike, cfg: CaptionConfig,
                     "the pass waits until they exist (lower captioning.concurrency, or num_gpus: 0 for CPU)",
                     need, cfg.num_gpus, cfg.concurrency, have)
         summary["gpu_warning"] = f"needed {need:g} GPUs, the cluster had {have:g} at the start of the pass"
-    names = pq.read_schema(parts[0]).names
+    names = outfs.parquet_schema(parts[0]).names
     cols = [c for c in _READ if c in names]
-    ds = ray.data.read_parquet([str(p) for p in parts], include_paths=True, columns=cols)
+    paths, fs = outfs.arrow_paths(parts)
+    ds = ray.data.read_parquet(paths, filesystem=fs, include_paths=True, columns=cols)
     recaption = cfg.recaption
 
     def wanted(b: pd.DataFrame) -> pd.DataFrame:
@@ -166,8 +168,8 @@ def caption_manifest(output_dir: str | os.PathLike, cfg: CaptionConfig,
     ds = ds.map_batches(_Caption, fn_constructor_args=(cfg,), batch_format="pandas", batch_size=cfg.batch_size,
                         concurrency=cfg.concurrency, num_gpus=cfg.num_gpus,
                         num_cpus=1 if cfg.num_gpus == 0 else None)
-    done = ds.groupby("path", num_partitions=max(1, min(len(parts), 64))).map_groups(_write_part,
-                                                                                     batch_format="pandas")
+    done = ds.groupby("path", num_partitions=max(1, min(len(parts), 64))).map_groups(
+        _write_part, fn_kwargs={"like": out}, batch_format="pandas")
     stats = done.to_pandas()
     errors = [e for es in stats["errors"] for e in list(es)][:_MAX_ERRORS] if len(stats) else []
     summary.update(captioned=int(stats["captioned"].sum()) if len(stats) else 0,
@@ -186,14 +188,14 @@ def caption_existing_run(output_dir: str | os.PathLike, cfg: PipelineConfig) -> 
     from curation.manifest import write_json_atomic
     from curation.stages import write_stages
 
-    out = Path(output_dir)
+    out = os.fspath(output_dir)
     if not _parts(out):
-        raise FileNotFoundError(f"{out}/samples/ has no part files: nothing to caption")
+        raise FileNotFoundError(f"{outfs.join(out, 'samples')} has no part files: nothing to caption")
     summary = caption_manifest(out, dataclasses.replace(cfg.captioning, enabled=True), cfg.limits)
     stages = write_stages(out, cfg.stages)
-    run_path = out / "run.json"
-    if run_path.exists():
-        run = json.loads(run_path.read_text())
+    run_path = outfs.join(out, "run.json")
+    if outfs.is_file(run_path):
+        run = json.loads(outfs.read_text(run_path))
         run["captioning"] = summary
         run["stages"] = stages
         write_json_atomic(run, run_path)

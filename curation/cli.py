@@ -53,7 +53,10 @@ def _cmd_caption(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     require_output(args.output, "caption")
-    if not any((Path(args.output) / "samples").glob("part-*.parquet")):
+    from curation import outfs
+    from curation.manifest import part_files
+
+    if not part_files(outfs.join(args.output, "samples")):
         print(f"error: {args.output}/samples/ has no part files: nothing to caption", file=sys.stderr)
         return 2
     if cfg.captioning.model in REGISTRY:

@@ -8,19 +8,19 @@ centroid with the same rule as `KMeans.predict`, in a Ray Data map over all part
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from curation import outfs
 from curation.dedup import DedupConfig, find_duplicates
 from curation.manifest import set_column, write_table_atomic
 
@@ -110,24 +110,19 @@ def assign(embeddings: np.ndarray, centroids: np.ndarray, block: int = 65_536) -
     return out
 
 
-def save_centroids(output_dir: str | os.PathLike, centroids: np.ndarray, info: dict[str, Any]) -> Path:
-    """Write `centroids.npy` (and `centroids.json`) atomically."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / CENTROIDS_FILE
-    tmp = out / f".{CENTROIDS_FILE}.tmp"
-    with open(tmp, "wb") as f:
-        np.save(f, np.asarray(centroids, dtype=np.float32))
-    os.replace(tmp, path)
-    tmp_info = out / f".{CENTROIDS_INFO}.tmp"
-    tmp_info.write_text(json.dumps(info, indent=1))
-    os.replace(tmp_info, out / CENTROIDS_INFO)
+def save_centroids(output_dir: str | os.PathLike, centroids: np.ndarray, info: dict[str, Any]) -> str:
+    """Write `centroids.npy` (and `centroids.json`), each appearing whole; return the location of the first."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(centroids, dtype=np.float32))
+    path = outfs.join(output_dir, CENTROIDS_FILE)
+    outfs.write_bytes(buf.getvalue(), path)
+    outfs.write_text(json.dumps(info, indent=1), outfs.join(output_dir, CENTROIDS_INFO))
     return path
 
 
 def load_centroids(output_dir: str | os.PathLike) -> np.ndarray:
     """Read `<output>/centroids.npy` (no pickle)."""
-    return np.load(Path(output_dir) / CENTROIDS_FILE, allow_pickle=False)
+    return np.load(io.BytesIO(outfs.read_bytes(outfs.join(output_dir, CENTROIDS_FILE))), allow_pickle=False)
 
 
 def _stack_embeddings(col: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -187,8 +182,10 @@ def balanced_sample(df: pd.DataFrame, n: int, by: str = "cluster_id", seed: int 
 # -- the post-write pass over <output>/samples/ --------------------------------------------------------------------
 
 
-def _parts(output_dir: Path) -> list[Path]:
-    return sorted((output_dir / "samples").glob("part-*.parquet"))
+def _parts(output_dir: str) -> list[str]:
+    from curation.manifest import SAMPLES, part_files
+
+    return part_files(outfs.join(output_dir, SAMPLES))
 
 
 def _eff_kept(status: Any, reasons: Any) -> bool:
@@ -199,15 +196,15 @@ def _eff_kept(status: Any, reasons: Any) -> bool:
     return status == "rejected" and not rs
 
 
-def _sample_for_fit(parts: list[Path], sample_size: int, seed: int) -> np.ndarray:
+def _sample_for_fit(parts: list[str], sample_size: int, seed: int) -> np.ndarray:
     """A proportional, deterministic sample of non-failed rows' embeddings across part files."""
-    counts = [pq.ParquetFile(p).metadata.num_rows for p in parts]
+    counts = [outfs.parquet_rows(p) for p in parts]
     total = max(sum(counts), 1)
     chunks = []
     for i, (p, n) in enumerate(zip(parts, counts)):
         if n == 0:
             continue
-        t = pq.read_table(p, columns=["embedding", "status"])
+        t = outfs.read_parquet(p, columns=["embedding", "status"])
         present, mat = _stack_embeddings(t.column("embedding").to_pylist())
         status = np.array(t.column("status").to_pylist(), dtype=object)[present]
         mat = mat[status != "failed"] if len(mat) else mat
@@ -240,10 +237,10 @@ def _dedup_group(batch: pd.DataFrame, cfg: DedupConfig) -> pd.DataFrame:
     return out
 
 
-def _rewrite_part(batch: pd.DataFrame, reject_duplicates: bool) -> pd.DataFrame:
-    """Ray map_groups body: rewrite one part file with `cluster_id` and `duplicate_of` (temp file, then rename)."""
-    path = Path(batch["path"].iloc[0])
-    table = pq.read_table(path)
+def _rewrite_part(batch: pd.DataFrame, reject_duplicates: bool, like: str = "") -> pd.DataFrame:
+    """Ray map_groups body: rewrite one part file with `cluster_id` and `duplicate_of` (it appears whole)."""
+    path = outfs.location_of(str(batch["path"].iloc[0]), like)
+    table = outfs.read_parquet(path)
     cluster = dict(zip(batch["sample_id"], batch["cluster_id"]))
     dup = dict(zip(batch["sample_id"], batch["duplicate_of"]))
     ids = table.column("sample_id").to_pylist()
@@ -277,16 +274,16 @@ def cluster_manifest(output_dir: str | os.PathLike, k: int = 100, sample_size: i
     values. Returns a summary for run.json."""
     import ray
 
-    out = Path(output_dir)
+    out = os.fspath(output_dir)
     parts = _parts(out)
     t0 = time.perf_counter()
     if not parts:
         return {"skipped": "no samples/part-*.parquet"}
-    centroids_path = out / CENTROIDS_FILE
-    if centroids_path.exists() and not refit:
+    centroids_path = outfs.join(out, CENTROIDS_FILE)
+    if outfs.is_file(centroids_path) and not refit:
         centroids = load_centroids(out)
-        info_path = out / CENTROIDS_INFO
-        info = json.loads(info_path.read_text()) if info_path.exists() else {"k": len(centroids)}
+        info_path = outfs.join(out, CENTROIDS_INFO)
+        info = json.loads(outfs.read_text(info_path)) if outfs.is_file(info_path) else {"k": len(centroids)}
         info["reused"] = True
     else:
         sample = _sample_for_fit(parts, sample_size, seed)
@@ -294,10 +291,11 @@ def cluster_manifest(output_dir: str | os.PathLike, k: int = 100, sample_size: i
             return {"skipped": "no row has an embedding"}
         centroids, info = fit_centroids(sample, k=k, sample_size=sample_size, seed=seed)
         save_centroids(out, centroids, info)
-    schema = pq.read_schema(parts[0])
+    schema = outfs.parquet_schema(parts[0])
     cols = [c for c in ("sample_id", "embedding", "phash", "quality_score", "status", "reject_reasons")
             if c in schema.names]
-    ds = ray.data.read_parquet([str(p) for p in parts], include_paths=True).select_columns(cols + ["path"])
+    paths, fs = outfs.arrow_paths(parts)
+    ds = ray.data.read_parquet(paths, filesystem=fs, include_paths=True).select_columns(cols + ["path"])
     ds = ds.map_batches(ClusterAssigner(centroids, missing=NO_CLUSTER), batch_format="pyarrow", batch_size=batch_size)
     if "reject_reasons" not in cols:
         ds = ds.add_column("reject_reasons", lambda b: pd.Series([None] * len(b), dtype=object),
@@ -305,7 +303,7 @@ def cluster_manifest(output_dir: str | os.PathLike, k: int = 100, sample_size: i
     if dedup is not None:
         # Compare within clusters (SemDeDup); a manifest small enough for one comparison group is compared whole,
         # so a tiny run whose k collapsed to near-singleton clusters still finds its duplicates.
-        total = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+        total = sum(outfs.parquet_rows(p) for p in parts)
         key = "cluster_id"
         if total <= dedup.max_group:
             key = "_dedup_group"
@@ -319,12 +317,12 @@ def cluster_manifest(output_dir: str | os.PathLike, k: int = 100, sample_size: i
         ds = ds.map_batches(lambda b: b[["path", "sample_id", "cluster_id"]].assign(duplicate_of=None),
                             batch_format="pandas")
     done = ds.groupby("path", num_partitions=max(1, min(len(parts), 64))).map_groups(
-        lambda b: _rewrite_part(b, reject_duplicates), batch_format="pandas")
+        lambda b: _rewrite_part(b, reject_duplicates, out), batch_format="pandas")
     stats = done.to_pandas()
     summary = {**info, "centroids": str(centroids_path), "parts": len(parts), "rows": int(stats["rows"].sum()),
                "duplicates": int(stats["duplicates"].sum()), "dedup": None if dedup is None else asdict(dedup),
                "seconds": round(time.perf_counter() - t0, 3)}
-    untouched = {str(p) for p in parts} - {str(Path(p)) for p in stats["path"]}
+    untouched = set(parts) - set(stats["path"])
     if untouched:  # parts with zero rows never reach map_groups; nothing to fill in them
         summary["empty_parts"] = sorted(untouched)
     return summary

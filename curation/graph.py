@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import subprocess
 import time
@@ -15,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation import outfs
 from curation.catalog import build_operator, config_models
 from curation.config import OperatorSpec, PipelineConfig
 from curation.decide import decide_batch
@@ -255,7 +257,7 @@ def versions() -> dict[str, str]:
     return out
 
 
-def run_pipeline(inputs: list[str], output: str | Path, cfg: PipelineConfig, limit: int | None = None,
+def run_pipeline(inputs: list[str], output: str | os.PathLike, cfg: PipelineConfig, limit: int | None = None,
                  config_path: str | None = None, progress_interval_s: float = 30.0,
                  recompute: bool = False) -> dict[str, Any]:
     """Run the whole graph over `inputs`, writing manifests under `output`; return the run summary (run.json).
@@ -265,8 +267,8 @@ def run_pipeline(inputs: list[str], output: str | Path, cfg: PipelineConfig, lim
     `recompute`, which re-scores them; rows decided with other thresholds are re-decided from their scores."""
     from curation.resume import check_resume, fingerprints, part_metadata, redecide_manifest, remove_stale
 
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    output = os.fspath(output)  # a local folder or an object-store URL (curation/outfs.py)
+    outfs.makedirs(output)
     t0 = time.time()
     graph = plan(cfg)
     model_info = _check_models(graph.models)
@@ -338,7 +340,7 @@ def run_pipeline(inputs: list[str], output: str | Path, cfg: PipelineConfig, lim
                       "total": round(time.time() - t0, 3)},
         "ray_data_stats": stats,
     }
-    write_json_atomic(summary, output / "run.json")
+    write_json_atomic(summary, outfs.join(output, "run.json"))
     if cfg.report:
         # Last, from what is on disk; a report that cannot be made does not undo the run.
         from curation.report import build_report
@@ -350,7 +352,7 @@ def run_pipeline(inputs: list[str], output: str | Path, cfg: PipelineConfig, lim
             log.warning("report.html not written: %s: %s", type(exc).__name__, exc)
             summary["report_error"] = f"{type(exc).__name__}: {exc}"
         summary["timings_s"]["report"] = round(time.time() - t_report, 3)
-        write_json_atomic(summary, output / "run.json")
+        write_json_atomic(summary, outfs.join(output, "run.json"))
     return summary
 
 
@@ -364,7 +366,7 @@ def _check_models(keys: list[str]) -> dict[str, Any]:
     return describe(keys)
 
 
-def _caption(output: Path, cfg: PipelineConfig) -> dict[str, Any]:
+def _caption(output: str, cfg: PipelineConfig) -> dict[str, Any]:
     """Caption the kept rows (Qwen2-VL + OCR text), a Ray pass after clustering; off: say so in run.json."""
     if not cfg.captioning.enabled:
         return {"enabled": False, "note": "captioning is off (captioning.enabled); `caption` stays null"}
@@ -373,7 +375,7 @@ def _caption(output: Path, cfg: PipelineConfig) -> dict[str, Any]:
     return caption_manifest(output, cfg.captioning, cfg.limits)
 
 
-def _cluster(output: Path, cfg: PipelineConfig, refit: bool = False) -> dict[str, Any]:
+def _cluster(output: str, cfg: PipelineConfig, refit: bool = False) -> dict[str, Any]:
     """Fit k-means on the written embeddings, assign every row and mark near-duplicates (a second Ray pass);
     `refit`: fit new centroids even if `centroids.npy` exists (its k, seed or sample size changed)."""
     c = cfg.clustering

@@ -1,13 +1,13 @@
 """Manifest I/O (DESIGN.md §6): atomic Parquet parts, resume by source, and run.json.
 
-A part file appears only when complete (written under a hidden temporary name, then renamed), and a source's rows
+A part file appears only when complete (written under a hidden temporary name, then renamed; on an object store, in
+one PUT: `curation/outfs.py`), and a source's rows
 are only ever written together, all clips of it in one part. So every `source_uri` present in `samples/` is finished,
 and a re-run skips exactly those.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import time
@@ -17,23 +17,21 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
+
+from curation import outfs
 
 SAMPLES = "samples"
 STAGES = "stages"
 
 
-def part_files(directory: str | Path) -> list[Path]:
-    """Completed part files of a manifest directory (temporary files are hidden and ignored)."""
-    d = Path(directory)
-    if not d.is_dir():
-        return []
-    return sorted(p for p in d.glob("part-*.parquet") if p.is_file())
+def part_files(directory: str | os.PathLike) -> list[str]:
+    """Completed part files of a manifest directory, as locations (temporary files are hidden and ignored)."""
+    return outfs.list_files(directory, "part-*.parquet")
 
 
-def read_manifest(directory: str | Path, columns: list[str] | None = None, *, exclude: tuple[str, ...] = (),
+def read_manifest(directory: str | os.PathLike, columns: list[str] | None = None, *, exclude: tuple[str, ...] = (),
                   only_existing: bool = False, filter: Any = None) -> pa.Table:
-    """All completed parts of a manifest directory as one table.
+    """All completed parts of a manifest directory (local or on an object store) as one table.
 
     `columns`: which to read (all by default), minus `exclude`; with `only_existing`, names the manifest lacks are
     skipped instead of being an error. `filter`: a pyarrow.dataset expression applied while reading, so that e.g.
@@ -41,7 +39,8 @@ def read_manifest(directory: str | Path, columns: list[str] | None = None, *, ex
     files = part_files(directory)
     if not files:
         return pa.table({})
-    ds = pads.dataset([str(f) for f in files], format="parquet")
+    paths, fs = outfs.arrow_paths(files)
+    ds = pads.dataset(paths, format="parquet", filesystem=fs)
     if columns is None and exclude:
         columns = ds.schema.names
     if columns is not None:
@@ -49,9 +48,9 @@ def read_manifest(directory: str | Path, columns: list[str] | None = None, *, ex
     return ds.to_table(columns=columns, filter=filter)
 
 
-def finished_sources(output: str | Path) -> set[str]:
+def finished_sources(output: str | os.PathLike) -> set[str]:
     """Sources whose rows are already written under `output/samples/` (a re-run skips them)."""
-    t = read_manifest(Path(output) / SAMPLES, columns=["source_uri"])
+    t = read_manifest(outfs.join(output, SAMPLES), columns=["source_uri"])
     if t.num_rows == 0:
         return set()
     return set(t.column("source_uri").unique().to_pylist())
@@ -66,31 +65,23 @@ def set_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
     return table.append_column(name, values)
 
 
-def write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write a zstd Parquet file under a temporary name, fsync it, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def write_table_atomic(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write a zstd Parquet file that appears whole (temporary name + fsync + rename; one PUT on object stores)."""
+    outfs.write_parquet(table, path)
 
 
-def write_json_atomic(obj: Any, path: Path) -> None:
-    """Write JSON under a temporary name, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """Write JSON that appears whole (temporary name + rename; one PUT on object stores)."""
+    outfs.write_json(obj, path)
 
 
 class SampleWriter:
     """Collects rows as they stream out of the graph and writes whole sources into atomic part files."""
 
-    def __init__(self, output: str | Path, schema: pa.Schema, rows_per_file: int,
+    def __init__(self, output: str | os.PathLike, schema: pa.Schema, rows_per_file: int,
                  flush_interval_s: float = 120.0) -> None:
-        self.dir = Path(output) / SAMPLES
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = outfs.join(output, SAMPLES)
+        outfs.makedirs(self.dir)
         self.schema = schema
         self.rows_per_file = rows_per_file
         # A part is also written when finished rows have waited this long, so a crash hours into a slow run
@@ -125,7 +116,7 @@ class SampleWriter:
             return
         table = pa.Table.from_pylist(self._ready, schema=self.schema)
         name = f"part-{self.run_tag}-{self._seq:05d}.parquet"
-        write_table_atomic(table, self.dir / name)
+        write_table_atomic(table, outfs.join(self.dir, name))
         self.files.append(name)
         self._seq += 1
         self.rows_written += len(self._ready)
@@ -144,9 +135,9 @@ def error_kind(error: Any) -> str:
     return str(error).split(":", 1)[0] if error else "unknown"
 
 
-def counts(output: str | Path) -> dict[str, Any]:
+def counts(output: str | os.PathLike) -> dict[str, Any]:
     """Counts per status and per reject reason over the whole `samples/` manifest."""
-    t = read_manifest(Path(output) / SAMPLES, columns=["source_uri", "status", "reject_reasons", "error"])
+    t = read_manifest(outfs.join(output, SAMPLES), columns=["source_uri", "status", "reject_reasons", "error"])
     if t.num_rows == 0:
         return {"rows": 0, "sources": 0, "status": {}, "reject_reasons": {}, "errors": {}}
     df = t.to_pandas()
@@ -173,15 +164,21 @@ class OutputError(ValueError):
 RUN_JSON = "run.json"
 
 
-def require_output(output: str | os.PathLike, verb: str = "this command") -> Path:
-    """`output` as a Path when it holds a pipeline output (run.json and samples/); else OutputError saying what is
-    missing, so that a mistyped path is one clear message instead of zero counts, an empty page or a traceback."""
-    out = Path(output)
-    if not out.exists():
-        raise OutputError(f"{out}: no such folder ({verb} needs the --output folder of a `curation run`)")
-    if not out.is_dir():
-        raise OutputError(f"{out}: a file, not a pipeline output folder")
-    has_run, has_samples = (out / RUN_JSON).is_file(), (out / SAMPLES).is_dir()
+def require_output(output: str | os.PathLike, verb: str = "this command") -> Path | str:
+    """`output` (a Path; on an object store its URL) when it holds a pipeline output (run.json and samples/); else
+    OutputError saying what is missing, so that a mistyped path is one clear message instead of zero counts, an
+    empty page or a traceback."""
+    if outfs.is_url(output):
+        out: Path | str = os.fspath(output)
+        has_run = outfs.is_file(outfs.join(out, RUN_JSON))
+        has_samples = bool(part_files(outfs.join(out, SAMPLES)))  # an object store has no empty folders
+    else:
+        out = Path(output)
+        if not out.exists():
+            raise OutputError(f"{out}: no such folder ({verb} needs the --output folder of a `curation run`)")
+        if not out.is_dir():
+            raise OutputError(f"{out}: a file, not a pipeline output folder")
+        has_run, has_samples = (out / RUN_JSON).is_file(), (out / SAMPLES).is_dir()
     if not has_run and not has_samples:
         raise OutputError(f"{out}: not a pipeline output (no {RUN_JSON}, no {SAMPLES}/): {verb} needs the --output "
                           "folder of a `curation run`")
@@ -209,11 +206,12 @@ def check_new_output(output: str | os.PathLike) -> None:
 
 def output_summary(output: str | os.PathLike) -> dict[str, Any]:
     """What `curation summary` prints: the counts, the near-duplicates and the size of each stage mix on disk."""
-    out = Path(output)
+    out = os.fspath(output)
     result: dict[str, Any] = counts(out)
-    samples = out / SAMPLES
+    samples = outfs.join(out, SAMPLES)
     files = part_files(samples)
-    if files and "duplicate_of" in pads.dataset([str(f) for f in files], format="parquet").schema.names:
+    paths, fs = outfs.arrow_paths(files)
+    if files and "duplicate_of" in pads.dataset(paths, format="parquet", filesystem=fs).schema.names:
         t = read_manifest(samples, ["status", "duplicate_of", "reject_reasons"]).to_pandas()
         dup = t["duplicate_of"].notna()
         rejected = int(sum(1 for rr in t.loc[dup, "reject_reasons"] if rr is not None and "duplicate_of" in list(rr)))
@@ -222,15 +220,15 @@ def output_summary(output: str | os.PathLike) -> dict[str, Any]:
     else:
         result["duplicates"] = None  # clustering did not run: near-duplicates were never looked for
     stages: dict[str, Any] = {}
-    stage_root = out / STAGES
-    for folder in sorted(p for p in stage_root.iterdir() if p.is_dir()) if stage_root.is_dir() else []:
+    for folder in outfs.list_dirs(outfs.join(out, STAGES)):
+        name = outfs.name(folder)
         t = read_manifest(folder, ["media_type", "duration_s"], only_existing=True)
         df = t.to_pandas() if t.num_columns else None
         if df is None or not len(df):
-            stages[folder.name] = {"rows": 0, "videos": 0, "images": 0, "video_hours": 0.0}
+            stages[name] = {"rows": 0, "videos": 0, "images": 0, "video_hours": 0.0}
             continue
         video = df["media_type"] == "video"
-        stages[folder.name] = {"rows": int(len(df)), "videos": int(video.sum()), "images": int((~video).sum()),
+        stages[name] = {"rows": int(len(df)), "videos": int(video.sum()), "images": int((~video).sum()),
                                "video_hours": round(float(df.loc[video, "duration_s"].sum()) / 3600.0, 4)}
     result["stages"] = stages
     return result

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from curation import outfs
 from curation.config import PipelineConfig, Rule, load_config
 from curation.decide import reasons_for
 from curation.manifest import SAMPLES, counts, part_files, set_column, write_json_atomic, write_table_atomic
@@ -101,8 +101,8 @@ def _stamp(schema: pa.Schema, stamp: dict[str, str]) -> pa.Schema:
     return schema.with_metadata({**(schema.metadata or {}), METADATA_KEY: json.dumps(stamp).encode()})
 
 
-def _part_stamp(path: Path, schema: pa.Schema | None = None) -> dict[str, str]:
-    meta = (schema if schema is not None else pq.read_schema(path)).metadata or {}
+def _part_stamp(path: str, schema: pa.Schema | None = None) -> dict[str, str]:
+    meta = (schema if schema is not None else outfs.parquet_schema(path)).metadata or {}
     try:
         return dict(json.loads(meta[METADATA_KEY]))
     except (KeyError, ValueError, TypeError):
@@ -144,9 +144,9 @@ def describe_changes(old: Any, new: Any, where: str = "") -> list[str]:
 
 def read_run(output: str | os.PathLike) -> dict[str, Any] | None:
     """`<output>/run.json`, or None when there is none (or it is unreadable)."""
-    p = Path(output) / "run.json"
+    p = outfs.join(output, "run.json")
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
+        return json.loads(outfs.read_text(p))
     except (OSError, ValueError):
         return None
 
@@ -163,8 +163,8 @@ def _recorded(run: dict[str, Any] | None) -> dict[str, str]:
 def check_resume(output: str | os.PathLike, cfg: PipelineConfig, recompute: bool = False) -> dict[str, Any]:
     """Whether `cfg` may resume into `output`: raise ResumeError when stored rows were scored with another scoring
     config (unless `recompute`); return what the run must do (`stale_parts` to remove, `refit_centroids`)."""
-    output = Path(output)
-    parts = part_files(output / SAMPLES)
+    output = os.fspath(output)
+    parts = part_files(outfs.join(output, SAMPLES))
     new = fingerprints(cfg)
     run = read_run(output)
     recorded = _recorded(run)
@@ -192,7 +192,7 @@ def check_resume(output: str | os.PathLike, cfg: PipelineConfig, recompute: bool
     return plan
 
 
-def _refusal(output: Path, run: dict[str, Any] | None, cfg: PipelineConfig, n_stale: int, n_parts: int) -> str:
+def _refusal(output: str, run: dict[str, Any] | None, cfg: PipelineConfig, n_stale: int, n_parts: int) -> str:
     old_cfg = run.get("config") if run else None
     changes = []
     if isinstance(old_cfg, dict):
@@ -219,11 +219,10 @@ def _refit_needed(run: dict[str, Any] | None, cfg: PipelineConfig) -> bool:
 def remove_stale(output: str | os.PathLike, plan: dict[str, Any]) -> int:
     """`--recompute`: delete the part files scored with another config (their sources are then processed again) and
     the centroids fitted on their embeddings. Returns the number of rows removed."""
-    output = Path(output)
     rows = 0
     for p in plan["stale_parts"]:
-        rows += pq.ParquetFile(p).metadata.num_rows
-        p.unlink()
+        rows += outfs.parquet_rows(p)
+        outfs.remove(p)
     if plan["stale_parts"]:
         plan["refit_centroids"] = True
         log.info("--recompute: removed %d part files (%d rows) scored with another config; their sources are "
@@ -266,19 +265,19 @@ def redecide_table(table: pa.Table, rules: tuple[Rule, ...], keep_duplicate_reas
 def redecide_manifest(output: str | os.PathLike, cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
     """Re-decide the stored rows of every part file decided with other rules (all of them with `force`), rewriting
     each such part atomically with the new decide fingerprint. No decoding: scores are read from the parts."""
-    output = Path(output)
+    output = os.fspath(output)
     t0 = time.perf_counter()
     new = fingerprints(cfg)
     recorded = _recorded(read_run(output))
     keep_dup = cfg.clustering.enabled and cfg.clustering.reject_duplicates
     summary = {"parts": 0, "parts_redecided": 0, "rows_redecided": 0, "rows_changed": 0}
-    for p in part_files(output / SAMPLES):
+    for p in part_files(outfs.join(output, SAMPLES)):
         summary["parts"] += 1
-        schema = pq.read_schema(p)
+        schema = outfs.parquet_schema(p)
         stamp = _part_stamp(p, schema)
         if not force and (stamp.get("decide") or recorded.get("decide")) == new["decide"]:
             continue
-        table = pq.read_table(p)
+        table = outfs.read_parquet(p)
         table, changed = redecide_table(table, cfg.decide, keep_dup)
         if "scoring" not in stamp and recorded.get("scoring"):
             stamp["scoring"] = recorded["scoring"]  # what run.json says this legacy part was scored with
@@ -305,8 +304,8 @@ def decide_existing_run(output: str | os.PathLike, cfg: PipelineConfig,
     from curation.graph import _cluster
     from curation.stages import write_stages
 
-    output = Path(output)
-    if not part_files(output / SAMPLES):
+    output = os.fspath(output)
+    if not part_files(outfs.join(output, SAMPLES)):
         raise FileNotFoundError(f"{output}/samples/ has no part files: not a pipeline output, or nothing written yet")
     plan = check_resume(output, cfg)
     t0 = time.time()
@@ -331,7 +330,7 @@ def decide_existing_run(output: str | os.PathLike, cfg: PipelineConfig,
             run["captioning"] = cap
     run["timings_s"] = {**(run.get("timings_s") or {}), "decide": round(t_decide - t0, 3),
                         "clustering": round(t_cluster - t_decide, 3), "stages": round(t_stages - t_cluster, 3)}
-    write_json_atomic(run, output / "run.json")
+    write_json_atomic(run, outfs.join(output, "run.json"))
     if cfg.report:
         from curation.report import build_report
 
@@ -340,14 +339,14 @@ def decide_existing_run(output: str | os.PathLike, cfg: PipelineConfig,
         except Exception as exc:  # noqa: BLE001 - as in a run: a report that cannot be made does not undo the pass
             log.warning("report.html not written: %s: %s", type(exc).__name__, exc)
             run["report_error"] = f"{type(exc).__name__}: {exc}"
-        write_json_atomic(run, output / "run.json")
+        write_json_atomic(run, outfs.join(output, "run.json"))
     return run
 
 
-def _uncaptioned_kept(output: Path) -> int:
+def _uncaptioned_kept(output: str) -> int:
     from curation.manifest import read_manifest
 
-    t = read_manifest(output / SAMPLES, ["status", "caption"], only_existing=True)
+    t = read_manifest(outfs.join(output, SAMPLES), ["status", "caption"], only_existing=True)
     if t.num_rows == 0 or "caption" not in t.column_names:
         return 0
     return sum(1 for s, c in zip(t.column("status").to_pylist(), t.column("caption").to_pylist())
@@ -360,7 +359,7 @@ def main_decide(output: str, config: str, address: str | None = None) -> int:
 
     cfg = load_config(config)  # ConfigError: the CLI prints it
     require_output(output, "decide")  # OutputError (not a pipeline output): the CLI prints it
-    if not part_files(Path(output) / SAMPLES):
+    if not part_files(outfs.join(output, SAMPLES)):
         print(f"error: {output}/samples/ has no part files: not a pipeline output, or nothing written yet",
               file=sys.stderr)
         return 2

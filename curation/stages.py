@@ -18,7 +18,8 @@ resolutions, then a high-quality set. Each entry of the config's `stages:` list 
 
 Stage files hold every manifest column except `embedding` (large, and the trainer does not need it) plus `stage` and
 `weight`. All stages are rebuilt from `samples/` at the end of every run (a re-run that adds sources re-mixes
-everything): written into a temporary folder, then swapped in, so `stages/` is always one complete mix. The selection
+everything): written into a temporary folder, then swapped in, so `stages/` is always one complete mix (on an object
+store: new objects written in place, then the old tree's leftovers deleted). The selection
 runs on the driver with pandas over the scalar columns only (about 1 GB per 10 M rows).
 """
 
@@ -26,14 +27,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from curation import outfs
 from curation.config import Rule, StageSpec
 from curation.manifest import write_table_atomic
 
@@ -116,12 +116,12 @@ def mix(df: pd.DataFrame, st: StageSpec) -> pd.DataFrame:
     return sel.reset_index(drop=True)
 
 
-def _kept_rows(output: Path) -> tuple[pd.DataFrame, pa.Schema]:
+def _kept_rows(output: str) -> tuple[pd.DataFrame, pa.Schema]:
     import pyarrow.dataset as pads
 
     from curation.manifest import SAMPLES, read_manifest
 
-    t = read_manifest(output / SAMPLES, exclude=DROPPED_COLUMNS, filter=pads.field("status") == "kept")
+    t = read_manifest(outfs.join(output, SAMPLES), exclude=DROPPED_COLUMNS, filter=pads.field("status") == "kept")
     if not t.num_columns:
         return pd.DataFrame(), pa.schema([])
     # Integer columns with nulls as Python ints, not float64: a 64-bit `phash` would lose its low bits, and the stage
@@ -131,38 +131,36 @@ def _kept_rows(output: Path) -> tuple[pd.DataFrame, pa.Schema]:
 
 def write_stages(output: str | os.PathLike, stages: tuple[StageSpec, ...]) -> dict[str, Any]:
     """Build every stage's mix from `<output>/samples/` and swap it in as `<output>/stages/`; return a summary."""
-    output = Path(output)
+    output = os.fspath(output)
     if not stages:
         return {}
     kept, kept_schema = _kept_rows(output)
     # Stage files keep the manifest's column types (an all-null column of a stage stays typed).
     schema = pa.schema(list(kept_schema) + [pa.field("weight", pa.float64()), pa.field("stage", pa.string())])
-    tmp = output / f".{STAGES}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    summary: dict[str, Any] = {}
-    for order, st in enumerate(stages):
-        rows = mix(kept, st) if len(kept) else pd.DataFrame()
-        folder = tmp / st.name
-        folder.mkdir(parents=True)
-        if len(rows):
-            write_table_atomic(pa.Table.from_pandas(rows, schema=schema, preserve_index=False),
-                               folder / "part-00000.parquet")
-        dur = rows["duration_s"].where(rows["media_type"] == "video").sum() if len(rows) else 0.0
-        summary[st.name] = {
-            "order": order,
-            "rows": int(len(rows)),
-            "videos": int((rows["media_type"] == "video").sum()) if len(rows) else 0,
-            "images": int((rows["media_type"] == "image").sum()) if len(rows) else 0,
-            "video_hours": round(float(dur) / 3600.0, 4),
-            "clusters": int(rows["cluster_id"].nunique()) if len(rows) and "cluster_id" in rows else 0,
-            "weight_max": round(float(rows["weight"].max()), 4) if len(rows) else None,
-        }
-        if not len(rows):
-            log.warning("stage %s selected no rows", st.name)
-    # Swap: the old mix goes aside, the new one takes its name, the old one is removed.
-    final, old = output / STAGES, output / f".{STAGES}.old-{os.getpid()}"
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    # A new tree replaces the old one whole (outfs.DirReplacement: folder swap locally, object by object on a store).
+    tree = outfs.DirReplacement(outfs.join(output, STAGES))
+    try:
+        summary: dict[str, Any] = {}
+        for order, st in enumerate(stages):
+            rows = mix(kept, st) if len(kept) else pd.DataFrame()
+            tree.folder(st.name)
+            if len(rows):
+                write_table_atomic(pa.Table.from_pandas(rows, schema=schema, preserve_index=False),
+                                   tree.file(st.name, "part-00000.parquet"))
+            dur = rows["duration_s"].where(rows["media_type"] == "video").sum() if len(rows) else 0.0
+            summary[st.name] = {
+                "order": order,
+                "rows": int(len(rows)),
+                "videos": int((rows["media_type"] == "video").sum()) if len(rows) else 0,
+                "images": int((rows["media_type"] == "image").sum()) if len(rows) else 0,
+                "video_hours": round(float(dur) / 3600.0, 4),
+                "clusters": int(rows["cluster_id"].nunique()) if len(rows) and "cluster_id" in rows else 0,
+                "weight_max": round(float(rows["weight"].max()), 4) if len(rows) else None,
+            }
+            if not len(rows):
+                log.warning("stage %s selected no rows", st.name)
+    except BaseException:
+        tree.abort()
+        raise
+    tree.commit()
     return summary
