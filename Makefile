@@ -10,10 +10,12 @@ DEMO_OUT := out/demo
 DEMO_MODELS := out/demo_models
 DEMO_SCORER := $(DEMO_MODELS)/quality-scorer/quality_scorer.safetensors
 CJK_FONT := /usr/share/fonts/truetype/wqy/wqy-microhei.ttc
+# Headless Chromium renders report.html in tests/test_report_browser.py (Playwright drives Debian's build).
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: setup demo test test-fast clean
 
-setup: $(STAMP) $(CJK_FONT)
+setup: $(STAMP) $(CJK_FONT) $(CHROMIUM)
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -26,6 +28,12 @@ $(CJK_FONT):
 	  (apt-get install -y -q fonts-wqy-microhei >/dev/null 2>&1 || \
 	   (apt-get update -q >/dev/null && apt-get install -y -q fonts-wqy-microhei >/dev/null)) || \
 	  { echo "could not install fonts-wqy-microhei (needed for Chinese subtitle samples)"; exit 1; }; fi
+
+$(CHROMIUM):
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  (apt-get install -y -q chromium >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) || \
+	  { echo "could not install chromium (needed to check report.html in a browser)"; exit 1; }; fi
 
 $(SAMPLES)/labels.parquet: | setup
 	$(BIN)/curation samples make $(SAMPLES) --seed 0

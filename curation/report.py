@@ -439,7 +439,7 @@ h2 { border-bottom: 1px solid #dee2e6; padding-bottom: 2px; }
 <div class="figs">{% if tier_fig %}<div>{{ tier_fig|safe }}</div>{% endif %}{% if cluster_fig %}<div>{{ cluster_fig|safe }}</div>{% endif %}</div>
 
 <h2>Near-duplicates</h2>
-{% if dup.enabled %}<p>{{ dup.n|num }} rows marked <code>duplicate_of</code> another row{{ dup.action }}{% if dup.pairs %}; {{ dup.pairs|length }} pairs shown (left: the row kept as the group's representative, right: its duplicate){% endif %}.</p>
+{% if dup.enabled %}<p>{{ dup.count }} marked <code>duplicate_of</code> another row{{ dup.action }}{% if dup.pairs %}; {{ dup.shown }} shown (left: the row kept as the group's representative, right: its duplicate){% endif %}.</p>
 <div class="cards">{% for p in dup.pairs %}<div class="pair">{% for c in (p.rep, p.dup) %}<div class="card">
 {% if c.img %}<img src="{{ c.img }}" alt="{{ c.sample_id }}">{% else %}<div class="nopreview">no preview</div>{% endif %}
 <b>{{ c.title }}</b><div class="muted">{{ c.sub }}</div>{% if c.scores %}<div class="scores">{% for k, v in c.scores %}<span>{{ k }}</span><span>{{ v }}</span>{% endfor %}</div>{% endif %}
@@ -533,7 +533,7 @@ def build_report(output: str | os.PathLike, max_examples: int = 6, thumb: int = 
     if isinstance(clustering.get("duplicates"), int):
         dup_n = clustering["duplicates"]  # counted over the whole manifest, not the sampled rows
     reject = ((run.get("config") or {}).get("clustering") or {}).get("reject_duplicates")
-    dup = {"enabled": dup_enabled, "n": dup_n,
+    dup = {"enabled": dup_enabled, "count": _plural(dup_n, "row"), "shown": _plural(len(pairs), "pair"),
            "action": "" if reject is None else (" (rejected: reason duplicate_of)" if reject else
                                                 " (marked, not rejected: reject_duplicates is off)"),
            "pairs": [{"dup": card(p["dup"], [p["note"]], ()), "rep": card(p["rep"], [], ())} for p in pairs]}
