@@ -129,26 +129,36 @@ def read_text(location: str | os.PathLike) -> str:
     return read_bytes(location).decode("utf-8")
 
 
-def write_bytes(data: bytes, location: str | os.PathLike) -> None:
-    """Write a file that appears whole: temporary name + fsync + rename locally, one PUT on an object store."""
-    if is_url(location):
-        fs, path = filesystem(location)
-        fs.pipe_file(path, data)
-        return
+def _write_local(location: str | os.PathLike, write) -> None:
+    """Call `write(tmp_path)`, fsync the file, rename it to `location`; the temporary file never outlives a failure."""
     final = _local(location)
     folder, base = os.path.split(final)
     os.makedirs(folder or ".", exist_ok=True)
     tmp = os.path.join(folder, f".{base}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_bytes(data: bytes, location: str | os.PathLike) -> None:
+    """Write a file that appears whole: temporary name + fsync + rename locally; on an object store one PUT (s3fs
+    switches to a multipart upload for large bodies, which likewise appears only once complete)."""
+    if is_url(location):
+        fs, path = filesystem(location)
+        fs.pipe_file(path, data)
+        return
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    _write_local(location, write)
 
 
 def write_text(text: str, location: str | os.PathLike) -> None:
@@ -162,8 +172,12 @@ def write_json(obj: Any, location: str | os.PathLike) -> None:
 
 
 def write_parquet(table: pa.Table, location: str | os.PathLike) -> None:
-    """Write a zstd Parquet file that appears whole. It is built in memory first: a part is bounded by
-    `rows_per_file`, and an object store needs the whole body for its single PUT anyway."""
+    """Write a zstd Parquet file that appears whole. Locally it streams into the temporary file; for an object
+    store it is built in memory first, since the single PUT needs the whole body (a part is bounded by
+    `rows_per_file`)."""
+    if not is_url(location):
+        _write_local(location, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+        return
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     write_bytes(sink.getvalue().to_pybytes(), location)
