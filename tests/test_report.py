@@ -72,7 +72,9 @@ def test_demo_run_writes_the_report(demo_output):
     for stage in run["stages"]:
         assert f"<td>{stage}</td>" in text
     assert "Kept, highest quality_score" in titles and any(t.startswith("Cluster ") for t in titles)
-    # Figures are inline SVG; thumbnails are embedded JPEGs that all decoded (the sample clips are readable).
+    # Figures are inline SVG; previews are embedded (looping WebP for video rows, JPEG for images) and all decoded
+    # (the sample clips are readable).
     assert tags.count.get("svg", 0) >= 8
-    thumbs = re.findall(r'src="data:image/jpeg;base64,', text)
+    thumbs = re.findall(r'src="data:image/(?:jpeg|webp);base64,', text)
     assert len(thumbs) >= 20 and "no preview" not in text
+    assert re.search(r'src="data:image/webp;base64,', text) and re.search(r'src="data:image/jpeg;base64,', text)
