@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -56,8 +58,8 @@ def _rows(src, n, status="kept"):
 def test_manifests_resume_and_run_json_on_s3(s3env, tmp_path, monkeypatch):
     """Parts appear whole in one PUT (no temporary objects), are listed for resume and read back by pandas."""
     from curation import outfs
-    from curation.manifest import (SampleWriter, counts, finished_sources, part_files, read_manifest,
-                                   write_json_atomic)
+    from curation.manifest import (OutputError, SampleWriter, counts, finished_sources, output_summary, part_files,
+                                   read_manifest, require_output, write_json_atomic)
     from curation.schema import base_schema
 
     monkeypatch.chdir(tmp_path)  # nothing may land in a local folder named after the URL
@@ -76,8 +78,14 @@ def test_manifests_resume_and_run_json_on_s3(s3env, tmp_path, monkeypatch):
     assert counts(out)["status"] == {"kept": 3, "rejected": 1}
     df = pd.read_parquet(out + "/samples")  # pandas through s3fs, as a user reads it
     assert len(df) == 4 and set(df["source_uri"]) == {"/in/a.mp4", "/in/b.mp4"}
+    with pytest.raises(OutputError, match="no run.json"):
+        require_output(out, "summary")  # parts but no run.json yet: an unfinished run
     write_json_atomic({"x": 1}, out + "/run.json")
     assert json.loads(outfs.read_text(out + "/run.json")) == {"x": 1}
+    assert require_output(out, "summary") == out
+    assert output_summary(out)["status"] == {"kept": 3, "rejected": 1}
+    with pytest.raises(OutputError, match="not a pipeline output"):
+        require_output(f"s3://{BUCKET}/nothing-here", "summary")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -162,4 +170,10 @@ def test_pipeline_writes_to_s3_and_resumes(s3env, tmp_path):
     samples = pd.read_parquet(out + "/samples")
     assert samples["source_uri"].nunique() == 7 and not samples["sample_id"].duplicated().any()
     assert len([o for o in _objects(out + "/samples")]) == 2  # one part per run
+    # The inspection verbs take the URL as they take a folder.
+    proc = subprocess.run([sys.executable, "-m", "curation.cli", "summary", out], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["sources"] == 7 and summary["stages"]["s1_all"]["rows"] > 0
     assert not os.path.exists(os.path.join(os.path.dirname(os.path.dirname(__file__)), "s3:"))
