@@ -289,12 +289,6 @@ def preview(row: dict[str, Any], long_side: int = PREVIEW_LONG_SIDE, timeout_s: 
     return _jpeg_uri(frame)
 
 
-def thumbnail(row: dict[str, Any], size: int = 160, timeout_s: float = 30.0) -> str | None:
-    """The middle frame of a clip (or the image) as a JPEG data URI, `size` px on the long side; None if it cannot
-    be decoded."""
-    return preview(row, long_side=size, timeout_s=timeout_s, animate=False)
-
-
 def _caption_note(summary: dict[str, Any] | None) -> dict[str, str]:
     """One line on the captioning pass for the notes list (off, or how many rows were captioned)."""
     if not summary:
