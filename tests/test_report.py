@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import pandas as pd
 import pytest
 
-from curation.report import build_report
+from curation.report import build_report, fmt_num
 
 
 class _Tags(HTMLParser):
@@ -67,8 +67,12 @@ def test_demo_run_writes_the_report(demo_output):
     titles = re.findall(r"<h2>(.*?)</h2>", text)
     for reason in run["counts"]["reject_reasons"]:
         assert f"Rejected: {reason}".replace("<", "&lt;").replace(">", "&gt;") in titles, reason
-    for status, n in run["counts"]["status"].items():
-        assert f"<th>{status}</th><td>{n}</td>" in text
+    # The rows table: a header per status over its count (numbers as `fmt_num` writes them).
+    table = re.search(r"<tr><th>all</th>(.*?)</tr>\s*<tr>(.*?)</tr>", text, re.S)
+    shown = dict(zip(["all", *re.findall(r"<th>(.*?)</th>", table.group(1))],
+                     re.findall(r'<td class="n">(.*?)</td>', table.group(2))))
+    assert shown == {"all": fmt_num(run["counts"]["rows"]),
+                     **{s: fmt_num(n) for s, n in run["counts"]["status"].items()}}
     for stage in run["stages"]:
         assert f"<td>{stage}</td>" in text
     assert "Kept, highest quality_score" in titles and any(t.startswith("Cluster ") for t in titles)
