@@ -242,3 +242,19 @@ def test_training_clips_are_the_frames_curation_scored(tmp_path, monkeypatch, na
     assert len(shared) == len(window)
     for i, idx in shared:
         np.testing.assert_array_equal(views["frames"][i], clip[window.index(idx)])
+
+
+def test_a_clip_in_two_stages_is_one_sample_per_phase(tmp_path):
+    """read_stage_rows pools stage folders; a clip that two stages hold must not be drawn twice as often."""
+    df = make_demo_clips(tmp_path / "media", size=16, frames=5, names=("coffee", "chelsea"))
+    stages = tmp_path / "out" / "stages"
+    _write_stage(tmp_path / "out", df, "s1")
+    _write_stage(tmp_path / "out", df.iloc[:1], "s2")  # coffee is in both stages
+    rows = read_stage_rows(str(stages))
+    assert len(rows) == 3
+    sel = select_rows(rows, frames=1, media="any", target_fps=None)
+    assert sorted(sel["sample_id"]) == ["chelsea", "coffee"]
+    assert sel.set_index("sample_id").loc["coffee", "stage"] == "s1"
+    # a phase can name its stages (PhaseConfig.stages) and then draws only from those
+    cfg = train_vae.VAETrainConfig(phases=[train_vae.PhaseConfig(name="p", steps=1, stages=["s2"])])
+    assert cfg.phases[0].stages == ["s2"]

@@ -98,6 +98,7 @@ class PhaseConfig:
     width: int = 256
     batch_size: int = 1
     media: str = "any"  # image | video | any
+    stages: list[str] | None = None  # draw only from these stage folders (None: every stage read)
 
 
 @dataclasses.dataclass
@@ -245,7 +246,10 @@ def train(cfg: VAETrainConfig, rows, output_dir: str | None = None, resume: bool
             pi, local = _phase_at(cfg, step)
             ph = cfg.phases[pi]
             if loader_phase != pi:
-                ds = ClipDataset(select_rows(rows, ph.frames, ph.media, cfg.data.fps), ph.frames, ph.height,
+                pool = rows if ph.stages is None else rows[rows["stage"].isin(ph.stages)]
+                if pool.empty:
+                    raise ValueError(f"phase {ph.name}: no rows in stages {ph.stages}")
+                ds = ClipDataset(select_rows(pool, ph.frames, ph.media, cfg.data.fps), ph.frames, ph.height,
                                  ph.width, seed=cfg.train.seed * 1000 + pi, target_fps=cfg.data.fps,
                                  random_crop=cfg.data.random_crop)
                 loader = torch.utils.data.DataLoader(

@@ -104,3 +104,107 @@ def load_checkpoint(path: str, modules: dict[str, nn.Module],
             set_osd(model, opt, template[k], options=StateDictOptions(strict=False))
     with open(os.path.join(path, "state.json")) as fh:
         return json.load(fh)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sharded checkpoints (the DiT trainer, one or many processes)
+#
+#     <root>/step_00000100/dcp/                 DCP folder: {"model", "optim", "ema"} (DTensor shards under FSDP2)
+#     <root>/step_00000100/rng-<rank>.safetensors   each rank's CPU (and CUDA) RNG state
+#     <root>/step_00000100/state.json           step, phase, sampler position, EMA update count, config
+#     <root>/latest                             name of the newest complete checkpoint
+#
+# Every rank writes its shards into the temporary folder; rank 0 renames it once all have finished (barrier), so
+# a kill at any moment leaves either the previous checkpoint or the new one, never half of one.
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def _barrier() -> None:
+    dist = _dist()
+    if dist is not None:
+        dist.barrier()
+
+
+def _rank() -> int:
+    dist = _dist()
+    return dist.get_rank() if dist is not None else 0
+
+
+def sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer, ema: dict[str, torch.Tensor]) -> dict:
+    """The DCP state of a (possibly FSDP2) model, its optimizer and EMA tensors: each rank holds its own shards."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer),
+            "ema": dict(ema)}
+
+
+def save_sharded(root: str, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 ema: dict[str, torch.Tensor], state: dict, keep: int = 2, rank0_extra=None) -> str:
+    """Write checkpoint `step` (all ranks call this); rank 0 publishes it and prunes all but the newest `keep`.
+
+    `rank0_extra(folder)`, when given, writes more files into the checkpoint before it is published (rank 0 only).
+    """
+    import torch.distributed.checkpoint as dcp
+    from safetensors.torch import save_file
+
+    name = f"step_{step:08d}"
+    final, tmp = os.path.join(root, name), os.path.join(root, f".tmp_{name}")
+    if _rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    _barrier()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DCP warns when no process group exists; one process is fine
+        dcp.save(sharded_state(model, optimizer, ema), checkpoint_id=os.path.join(tmp, "dcp"))
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    save_file(rng, os.path.join(tmp, f"rng-{_rank()}.safetensors"))
+    _barrier()
+    if _rank() == 0:
+        if rank0_extra is not None:
+            rank0_extra(tmp)
+        with open(os.path.join(tmp, "state.json"), "w") as fh:
+            json.dump(dict(state, step=step), fh, indent=1)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        with open(os.path.join(root, ".latest.tmp"), "w") as fh:
+            fh.write(name)
+        os.replace(os.path.join(root, ".latest.tmp"), os.path.join(root, "latest"))
+        done = sorted(d for d in os.listdir(root) if d.startswith("step_"))
+        for old in done[:-keep] if keep > 0 else []:
+            shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+    _barrier()
+    return final
+
+
+def load_sharded(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 ema: dict[str, torch.Tensor]) -> dict:
+    """Restore model, optimizer, EMA (in place) and this rank's RNG state from `path`; returns its state.json."""
+    import torch.distributed.checkpoint as dcp
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    state = sharded_state(model, optimizer, ema)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.load(state, checkpoint_id=os.path.join(path, "dcp"))
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, optimizer, state["optim"])
+    with torch.no_grad():
+        for k, v in state["ema"].items():
+            if ema[k] is not v:
+                ema[k].copy_(v)
+    rng_file = os.path.join(path, f"rng-{_rank()}.safetensors")
+    if os.path.exists(rng_file):  # a run resumed on more ranks than it saved with starts their RNG fresh
+        rng = load_file(rng_file)
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+    with open(os.path.join(path, "state.json")) as fh:
+        return json.load(fh)

@@ -106,7 +106,8 @@ def frame_stride(row_fps: float | None, target_fps: float | None) -> int:
 
 
 def select_rows(rows: pd.DataFrame, frames: int, media: str, target_fps: float | None) -> pd.DataFrame:
-    """Rows usable for a phase: images only for 1-frame phases, videos with enough frames for the window."""
+    """Rows usable for a phase: images only for 1-frame phases, videos with enough frames for the window; a clip
+    present in several stages counts once (the first stage's row and weight)."""
     if media not in ("image", "video", "any"):
         raise ValueError(f"media must be image, video or any, got {media!r}")
     df = rows.copy()
@@ -122,7 +123,12 @@ def select_rows(rows: pd.DataFrame, frames: int, media: str, target_fps: float |
     need = [(frames - 1) * s + 1 for s in strides]
     ok = (df["media_type"] == "image") | (n_avail.to_numpy() >= np.asarray(need))
     df = df[ok]
-    return df[df["weight"].fillna(0) > 0].reset_index(drop=True)
+    df = df[df["weight"].fillna(0) > 0]
+    # A clip that several stage folders hold is one sample: pooled, it would be drawn once per folder.
+    key = (df["source_uri"].astype(str) + ":" + df["start_frame"].astype(str) + ":" + df["end_frame"].astype(str))
+    if "sample_id" in df.columns:
+        key = df["sample_id"].where(df["sample_id"].notna(), key).astype(str)
+    return df[~key.duplicated(keep="first").to_numpy()].reset_index(drop=True)
 
 
 class ClipDataset(torch.utils.data.Dataset):
