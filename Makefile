@@ -13,7 +13,7 @@ CJK_FONT := /usr/share/fonts/truetype/wqy/wqy-microhei.ttc
 # Headless Chromium renders report.html in tests/test_report_browser.py (Playwright drives Debian's build).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo train-demo test test-fast clean
 
 setup: $(STAMP) $(CJK_FONT) $(CHROMIUM)
 
@@ -44,6 +44,14 @@ $(DEMO_SCORER): | setup
 demo: setup $(SAMPLES)/labels.parquet $(DEMO_SCORER)
 	CURATION_MODEL_DIR=$(DEMO_MODELS) $(BIN)/python pipelines/pretrain_mix.py --config pipelines/configs/demo.yaml --input $(SAMPLES) --output $(DEMO_OUT)
 	@echo "manifests: $(DEMO_OUT)/samples  (pd.read_parquet('$(DEMO_OUT)/samples')); stages: $(DEMO_OUT)/stages; report: $(DEMO_OUT)/report.html"
+
+# After `make demo`: prepare latents from its stages (tiny VAE, MiniLM text), then train the tiny DiT on CPU through
+# every phase (runs/dit_demo: metrics.jsonl, checkpoints, final EMA weights in the released layout).
+DEMO_LATENTS := out/demo_latents
+train-demo: setup
+	@test -d $(DEMO_OUT)/stages || { echo "no $(DEMO_OUT)/stages: run 'make demo' first"; exit 1; }
+	$(BIN)/python -m trainer.prepare --stages $(DEMO_OUT)/stages --out $(DEMO_LATENTS) --config trainer/configs/prepare_demo.yaml
+	$(BIN)/python -m trainer.train_dit --config trainer/configs/dit_demo.yaml --set data.latents=$(DEMO_LATENTS)
 
 test: setup
 	$(BIN)/python -m pytest -q -ra

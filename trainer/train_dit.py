@@ -111,6 +111,8 @@ class TrainConfig:
     checkpoint_every: int = 100  # also at the end of every phase
     keep_checkpoints: int = 2
     export_ema: bool = True  # EMA weights in the released layout inside every checkpoint
+    checkpoint_at_end: bool = True  # also checkpoint at the last step of the run and of every phase
+    export_final: bool = True  # final/ema and final/model in the released layout when the run ends
     max_skipped_steps: int = 0  # steps with a non-finite loss skipped before the run stops
     resume: bool = True
     tensorboard: bool = True
@@ -408,12 +410,23 @@ def fixed_sigma_loss(model, index, rows: list[tuple[str, str]], sigmas: list[flo
 
 
 def holdout(rows, n: int, seed: int) -> list[str]:
-    """`n` sample ids held out for validation, chosen by a hash of (seed, sample_id) (stable as data grows)."""
+    """Up to `n` sample ids held out for validation, chosen by a hash of (seed, sample_id) (stable as data grows);
+    a row is never taken when it is the last one of a stage (the phase drawing from it would have nothing)."""
     if n <= 0:
         return []
     ids = sorted(set(rows["sample_id"].astype(str)))
     ids.sort(key=lambda s: hashlib.sha1(f"{seed}:{s}".encode()).hexdigest())
-    return ids[:n]
+    left = rows.groupby("stage")["sample_id"].nunique().to_dict()
+    stages_of = rows.groupby(rows["sample_id"].astype(str))["stage"].agg(lambda s: sorted(set(s))).to_dict()
+    out = []
+    for sid in ids:
+        if len(out) == n:
+            break
+        if all(left[st] > 1 for st in stages_of[sid]):
+            out.append(sid)
+            for st in stages_of[sid]:
+                left[st] -= 1
+    return out
 
 
 def phase_probe_rows(sampler: CurriculumSampler, phase: int, n: int) -> list[tuple[str, str]]:
@@ -649,7 +662,7 @@ def train(cfg: DiTTrainConfig) -> dict:
                              "probe_loss_end": p1})
                     print(f"phase {ph.name} done at step {step}: probe loss {probes[sb.phase][0]:.4f} -> {p1:.4f}",
                           flush=True)
-            if step % cfg.train.checkpoint_every == 0 or phase_end or step == end:
+            if step % cfg.train.checkpoint_every == 0 or (cfg.train.checkpoint_at_end and (phase_end or step == end)):
                 save(step, ph.name)
             if cfg.sample.enabled and cfg.sample.every and step % cfg.sample.every == 0:
                 _sample(model, ema, mcfg, cfg, rt, os.path.join(out, "samples", f"step_{step:08d}"))
@@ -657,7 +670,7 @@ def train(cfg: DiTTrainConfig) -> dict:
         progress.close()
         if log is not None:
             log.close()
-    if step == total or step == end:
+    if cfg.train.export_final and step == end:
         export_weights(model, ema, mcfg, os.path.join(out, "final") if rt.main else None, rt, which=("ema", "model"))
         if cfg.sample.enabled:
             _sample(model, ema, mcfg, cfg, rt, os.path.join(out, "samples", "final"))
@@ -683,7 +696,7 @@ def _sample(model, ema: EMA, mcfg: DiTConfig, cfg: DiTTrainConfig, rt: Runtime, 
     if rt.main and generate is not None and cfg.sample.prompts:
         net = WanDiT.from_config(mcfg)
         net.load_state_dict(sd, strict=True)
-        generate(net.to(rt.device).eval(), cfg.sample.prompts, out_dir=out_dir, **cfg.sample.options)
+        generate(net.to(rt.device).train(False), cfg.sample.prompts, out_dir=out_dir, **cfg.sample.options)
     _barrier(rt)
 
 
@@ -694,6 +707,8 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. --set train.max_steps=20 (repeatable)")
     args = ap.parse_args(argv)
+    from trainer.data.latents import ShardError
+
     try:
         cfg = load_config(args.config, args.overrides)
     except (ConfigError, OSError) as e:
@@ -707,6 +722,9 @@ def main(argv=None) -> int:
     except NonFiniteLoss as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except ShardError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
     finally:
         import torch.distributed as dist
 
