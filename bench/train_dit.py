@@ -118,6 +118,7 @@ def main(argv=None) -> int:
         model_sets = ["model.preset=tiny", "train.device=cpu", "train.precision=fp32"]
         args.bucket, text_dim, args.checkpointing = "5x32x32", 32, "none"
         args.steps, args.warmup, args.resume_at = min(args.steps, 6), 1, 3
+        args.text_tokens = min(args.text_tokens, 16)  # the tiny preset's text_len
     else:
         model_sets = [f"model.preset={args.model}", "train.device=cuda", "train.precision=bf16"]
         text_dim = 4096

@@ -293,7 +293,8 @@ def setup_runtime(cfg: DiTTrainConfig) -> Runtime:
     else:
         device = torch.device("cpu")
     try:
-        mesh_sizes(cfg.parallel, world)
+        if world > 1:
+            mesh_sizes(cfg.parallel, world)
     except ValueError as e:
         raise ConfigError(f"parallel: {e}") from e
     if world > 1:
@@ -342,11 +343,13 @@ def build_model(cfg: DiTTrainConfig, rt: Runtime) -> tuple[WanDiT, DiTConfig]:
     if cfg.model.init:
         from trainer.models.dit.weights import load_wan_dit
 
-        model = load_wan_dit(cfg.model.init, mcfg)
+        model = load_wan_dit(cfg.model.init, mcfg, device=rt.device)
         if model.config != mcfg:
             raise ConfigError(f"model.init: {cfg.model.init} has config {model.config}, the config asks for {mcfg}")
     else:
-        model = WanDiT.from_config(mcfg)
+        # Initialised on the device (much faster for the 1.3B/14B models); the seed makes every rank's values equal.
+        with torch.device(rt.device):
+            model = WanDiT.from_config(mcfg)
     model = model.to(rt.device).train()
     # The one place the model becomes parallel: context parallelism (ring/ulysses), activation checkpointing, FSDP2.
     apply_parallelism(model, rt.mesh, cfg.parallel, cfg.model.checkpointing, bf16=cfg.train.precision == "bf16")

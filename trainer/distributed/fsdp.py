@@ -50,7 +50,13 @@ def apply_fsdp(model: nn.Module, mesh, bf16: bool, reshard_after_forward: bool =
 
 
 def apply_context_parallel(model: nn.Module, mesh, parallel) -> None:
-    """Context parallelism over the mesh's ring × ulysses dims (trainer.distributed.context_parallel)."""
+    """Context parallelism over the mesh's ring × ulysses dims (trainer.distributed.context_parallel).
+
+    Gradient rule it must keep: every rank of a CP group computes the same full loss (after `leave` gathers the
+    output), so a rank's parameter gradient is the contribution of its own tokens; those are summed over the CP
+    group and averaged over data-parallel ranks. FSDP2 averages over all of "dp_shard_cp", so the CP code sets the
+    divide factor to the data-parallel size (FSDPModule.set_gradient_divide_factor) after FSDP is applied.
+    """
     if parallel.ring == 1 and parallel.ulysses == 1:
         return
     try:

@@ -45,10 +45,13 @@ def mesh_sizes(parallel: ParallelConfig, world_size: int) -> dict[str, int]:
 
 
 def build_mesh(parallel: ParallelConfig, world_size: int, device_type: str):
-    """A DeviceMesh with dims NAMES (plus flattened "dp", "dp_shard_cp", "cp"), or None for one process."""
-    sizes = mesh_sizes(parallel, world_size)
+    """A DeviceMesh with dims NAMES (plus flattened "dp", "dp_shard_cp", "cp"), or None for one process.
+
+    One process ignores the sizes (no parallelism to apply), so the same config runs alone and under torchrun.
+    """
     if world_size == 1:
         return None
+    sizes = mesh_sizes(parallel, world_size)
     from torch.distributed.device_mesh import init_device_mesh
 
     mesh = init_device_mesh(device_type, tuple(sizes[n] for n in NAMES), mesh_dim_names=NAMES)
