@@ -158,7 +158,8 @@ def main(argv=None) -> int:
     t_resume = run_trainer(args.gpus, config, sets + ["train.resume=true"], os.path.join(out, "resume_b.log"))
     resumed = {r["step"]: r["loss"] for r in read_metrics(run_dir)}
     straight = {r["step"]: r["loss"] for r in runs["multi"]}
-    diffs = [abs(resumed[s] - straight[s]) / max(1e-12, abs(straight[s])) for s in straight if s in resumed]
+    diffs = [abs(resumed[s] - straight[s]) / max(1e-12, abs(straight[s]))
+             for s in straight if s in resumed and s > args.resume_at]
     ckpt = os.path.join(run_dir, "checkpoints")
     size = sum(f.stat().st_size for f in pathlib.Path(ckpt).rglob("*") if f.is_file())
     results["resume"] = {"resumed_at": args.resume_at, "steps_compared": len(diffs),
