@@ -108,14 +108,15 @@ def test_non_finite_loss_stops_or_skips(tmp_path):
     bad = [dict(sample_id="nan-0", stage="s3", bucket="1x32x32", weight=1.0)]
     lat = _latents(tmp_path, extra_rows=bad, nan_samples=("nan-0",))
     path = _config(tmp_path, lat)
-    phases = ["phases.1.stages={s3: 1}", "phases.1.steps=3"]
-    with pytest.raises(train_dit.NonFiniteLoss, match=r"at step 7, phase joint \(stage s3"):
+    phases = ["phases.0.steps=2", "phases.1.stages={s3: 1}", "phases.1.steps=3", "train.checkpoint_at_end=false"]
+    with pytest.raises(train_dit.NonFiniteLoss, match=r"at step 3, phase joint \(stage s3"):
         train_dit.train(train_dit.load_config(path, phases))
     summary = train_dit.train(train_dit.load_config(
         path, phases + ["train.max_skipped_steps=3", f"train.output_dir={tmp_path / 'skip'}", "train.resume=false"]))
-    assert summary["skipped"] == 3 and summary["steps"] == 9
+    assert summary["skipped"] == 3 and summary["steps"] == 5
     recs = [json.loads(line) for line in open(tmp_path / "skip" / "metrics.jsonl")]
-    assert [r["skipped"] for r in recs if "skipped" in r] == [False] * 6 + [True] * 3
+    assert [r["skipped"] for r in recs if "skipped" in r] == [False] * 2 + [True] * 3
+    assert [r["loss"] is None for r in recs if "skipped" in r] == [False] * 2 + [True] * 3
     final = load_file(str(tmp_path / "skip" / "final" / "model" / "diffusion_pytorch_model.safetensors"))
     assert all(torch.isfinite(v).all() for v in final.values())
     with pytest.raises(train_dit.NonFiniteLoss, match="stopping after 3"):
@@ -195,3 +196,13 @@ def test_sigkill_mid_phase_then_resume_repeats_the_losses(tmp_path):
     wa = load_file(str(tmp_path / "ref" / "final" / "ema" / "diffusion_pytorch_model.safetensors"))
     wb = load_file(str(run / "final" / "ema" / "diffusion_pytorch_model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_demo_config_follows_the_demo_stage_order():
+    cfg = train_dit.load_config(str(DEMO))
+    demo = yaml.safe_load((ROOT / "pipelines" / "configs" / "demo.yaml").read_text())
+    assert [ph.stage for ph in cfg.phases] == [s["name"] for s in demo["stages"]]
+    prep = yaml.safe_load((ROOT / "trainer" / "configs" / "prepare_demo.yaml").read_text()) \
+        if (ROOT / "trainer" / "configs" / "prepare_demo.yaml").exists() else None
+    if prep is not None:  # the text width the demo's prepare pass writes
+        assert train_dit.model_config(cfg.model).text_dim == 384 and prep["text_encoder"]["kind"] == "minilm"
