@@ -90,12 +90,25 @@ class ValConfig:
 
 @dataclasses.dataclass
 class SampleConfig:
-    """Validation videos through trainer.sample.generate (off unless that function exists)."""
+    """Validation videos from the EMA weights (trainer.sample: diffusers scheduler, CFG, VAE decode, mp4)."""
 
     enabled: bool = False
-    every: int = 0  # steps; 0: only at the end
+    every: int = 0  # steps; 0: only at the end of the run
     prompts: list[str] = dataclasses.field(default_factory=list)
-    options: dict = dataclasses.field(default_factory=dict)  # passed to trainer.sample.generate
+    negative_prompt: str | None = None  # None: trainer.sample's default
+    frames: int = 17
+    height: int = 64
+    width: int = 64
+    steps: int = 20
+    shift: float = 5.0
+    guidance: float = 5.0
+    seed: int = 0
+    fps: int = 8
+    # The VAE and text encoder default to the ones the latents were made with (LATENTS/prepare.json).
+    vae: str | None = None  # weights file
+    vae_preset: str | None = None
+    vae_overrides: dict | None = None
+    text_encoder: str | None = None  # registry key or folder
 
 
 @dataclasses.dataclass
@@ -233,21 +246,13 @@ def validate(cfg: DiTTrainConfig) -> None:
         raise ConfigError(f"ema.decay: must be in [0, 1), got {cfg.ema.decay}")
     if any(not 0 < s <= 1 for s in cfg.val.sigmas):
         raise ConfigError("val.sigmas: each must be in (0, 1]")
-    if cfg.sample.enabled and _generate_fn() is None:
-        raise ConfigError("sample.enabled: needs trainer.sample.generate, which this build does not have")
+    if cfg.sample.enabled and not cfg.sample.prompts:
+        raise ConfigError("sample.prompts: sample.enabled needs at least one prompt")
 
 
 def _is_bucket(name: str) -> bool:
     parts = name.split("x")
     return len(parts) == 3 and all(p.isdigit() and int(p) > 0 for p in parts)
-
-
-def _generate_fn():
-    try:
-        from trainer import sample
-    except ImportError:
-        return None
-    return getattr(sample, "generate", None)
 
 
 def phase_plans(cfg: DiTTrainConfig) -> list[PhasePlan]:
@@ -382,7 +387,7 @@ def _load(index, ids: list[str], stage: str, step_desc: str):
     from trainer.data.latents import ShardError
 
     try:
-        return index.load(ids, stages=[stage] * len(ids))
+        return index.load(ids, stage=stage)
     except ShardError as e:
         raise ShardError(f"{e} ({step_desc})") from e
 
@@ -393,7 +398,7 @@ def fixed_sigma_loss(model, index, rows: list[tuple[str, str]], sigmas: list[flo
     """Mean loss over (sample, σ) pairs with fixed noise: every rank computes all of it (FSDP needs lockstep)."""
     if not rows:
         return float("nan")
-    data = index.load([r[0] for r in rows], stages=[r[1] for r in rows])
+    data = index.load([(st, sid) for sid, st in rows])
     by_shape: dict[tuple, list[int]] = {}
     for i, (lat, _) in enumerate(data):
         by_shape.setdefault(tuple(lat.shape), []).append(i)
@@ -542,6 +547,13 @@ def train(cfg: DiTTrainConfig) -> dict:
             json.dump(to_dict(cfg), fh, indent=1)
     log = MetricsLog(out, resume_step=step if latest else None, tensorboard=cfg.train.tensorboard) if rt.main else None
     peak = (cfg.train.peak_tflops * 1e12 if cfg.train.peak_tflops else matmul_peak_flops(rt.device))
+    video_sampler = None
+    if cfg.sample.enabled and rt.main:
+        try:
+            video_sampler = Sampler(cfg.sample, index.meta, cfg.data.latents, rt.device)
+        except ImportError as e:
+            raise ConfigError(f"sample.enabled: validation videos need {e.name} (trainer.sample, "
+                              f"trainer.models.text), which this build lacks") from e
     progress = Progress(end, step, enabled=None if rt.main else False)
 
     def save(at: int, phase_name: str) -> None:
@@ -668,15 +680,15 @@ def train(cfg: DiTTrainConfig) -> dict:
             if step % cfg.train.checkpoint_every == 0 or (cfg.train.checkpoint_at_end and (phase_end or step == end)):
                 save(step, ph.name)
             if cfg.sample.enabled and cfg.sample.every and step % cfg.sample.every == 0:
-                _sample(model, ema, mcfg, cfg, rt, os.path.join(out, "samples", f"step_{step:08d}"))
+                _sample(video_sampler, ema, mcfg, cfg, rt, os.path.join(out, "samples", f"step_{step:08d}"))
     finally:
         progress.close()
         if log is not None:
             log.close()
     if cfg.train.export_final and step == end:
         export_weights(model, ema, mcfg, os.path.join(out, "final") if rt.main else None, rt, which=("ema", "model"))
-        if cfg.sample.enabled:
-            _sample(model, ema, mcfg, cfg, rt, os.path.join(out, "samples", "final"))
+    if cfg.sample.enabled and step == end:
+        _sample(video_sampler, ema, mcfg, cfg, rt, os.path.join(out, "samples", "final"))
     summary = {"steps": step, "total_steps": total, "skipped": skipped,
                "phases": {cfg.phases[i].name: {"probe_loss_start": a, "probe_loss_end": b}
                           for i, (a, b) in sorted(probes.items())}}
@@ -692,14 +704,64 @@ def train(cfg: DiTTrainConfig) -> dict:
     return summary
 
 
-def _sample(model, ema: EMA, mcfg: DiTConfig, cfg: DiTTrainConfig, rt: Runtime, out_dir: str) -> None:
-    """Validation videos from the EMA weights through trainer.sample.generate (rank 0; others wait)."""
-    generate = _generate_fn()
-    sd = ema.full_state_dict()
-    if rt.main and generate is not None and cfg.sample.prompts:
+class Sampler:
+    """Validation videos: text encoder and VAE loaded once (rank 0), the EMA weights in a plain WanDiT."""
+
+    def __init__(self, cfg: SampleConfig, meta: dict, latents_dir: str, device: torch.device):
+        from trainer.models.text import load_text_encoder
+        from trainer.models.vae.model import load_wan_vae, vae_config
+
+        self.cfg, self.device = cfg, device
+        vae_rec, text_rec = meta.get("vae", {}), meta.get("text_encoder", {})
+        weights = cfg.vae or vae_rec.get("weights")
+        if not weights:
+            raise ConfigError("sample.vae: not set, and prepare.json names no VAE weights")
+        if not os.path.isabs(weights) and not os.path.exists(weights):
+            weights = os.path.join(latents_dir, weights)  # prepare.json names its own files relative to LATENTS
+        preset = cfg.vae_preset or vae_rec.get("preset", "wan2.1")
+        overrides = cfg.vae_overrides if cfg.vae_overrides is not None else vae_rec.get("overrides", {})
+        self.vae = load_wan_vae(weights, vae_config(preset, **overrides), device=device)
+        self.vae.train(False).requires_grad_(False)
+        model = cfg.text_encoder or text_rec.get("model")
+        if not model:
+            raise ConfigError("sample.text_encoder: not set, and prepare.json names no text encoder")
+        enc = load_text_encoder(model, device=device, kind=text_rec.get("kind") if not cfg.text_encoder else None,
+                                max_tokens=int(meta.get("text_len", 512)))
+        self.context = enc.encode(list(cfg.prompts))
+        from trainer.sample import DEFAULT_NEGATIVE
+
+        neg = cfg.negative_prompt if cfg.negative_prompt is not None else DEFAULT_NEGATIVE
+        self.negative = enc.encode([neg]) if cfg.guidance != 1.0 else None
+
+    def __call__(self, weights: dict[str, torch.Tensor], mcfg: DiTConfig, out_dir: str, precision: str) -> list[str]:
+        """Write one mp4 per prompt from `weights` into out_dir; returns the paths."""
+        from trainer.sample import generate, latent_shape, write_mp4
+
+        c, v = self.cfg, self.vae.config
         net = WanDiT.from_config(mcfg)
-        net.load_state_dict(sd, strict=True)
-        generate(net.to(rt.device).train(False), cfg.sample.prompts, out_dir=out_dir, **cfg.sample.options)
+        net.load_state_dict(weights, strict=True)
+        net.to(self.device).train(False).requires_grad_(False)
+        shape = latent_shape(c.frames, c.height, c.width, v.z_dim, v.temporal_factor, v.spatial_factor)
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        latents = generate(net, self.context, self.negative, shape, steps=c.steps, shift=c.shift,
+                           guidance=c.guidance, seed=c.seed, dtype=dtype)
+        os.makedirs(out_dir, exist_ok=True)
+        paths = []
+        with torch.no_grad():
+            for i, z in enumerate(latents):
+                video = self.vae.decode(z[None].to(self.device), clamp=True)[0].float()
+                paths.append(os.path.join(out_dir, f"sample-{i}.mp4"))
+                write_mp4(video, paths[-1], fps=c.fps)
+        return paths
+
+
+def _sample(sampler: Sampler | None, ema: EMA, mcfg: DiTConfig, cfg: DiTTrainConfig, rt: Runtime,
+            out_dir: str) -> None:
+    """Validation videos from the EMA weights (gathered on every rank; rank 0 samples, the others wait)."""
+    sd = ema.full_state_dict()
+    if rt.main and sampler is not None:
+        paths = sampler(sd, mcfg, out_dir, cfg.train.precision)
+        print(f"samples: {', '.join(paths)}", flush=True)
     _barrier(rt)
 
 
