@@ -2,6 +2,8 @@
 
     python bench/train_dit.py --gpus 2                  # the 1.3B model at 480x832x81 on the lent 2xH200 machine
     python bench/train_dit.py --smoke                   # the same plumbing on CPU: tiny model, 2 gloo processes
+    python bench/train_dit.py --gpus 2 --runs one,multi && python bench/train_dit.py --gpus 2 --runs resume
+                                                        # the same in two commands (per-command time limits)
 
 It writes random latents and text of the right shapes in the documented shard format (no data needed), then runs
 the real trainer (`python -m torch.distributed.run ... -m trainer.train_dit`) four times:
@@ -110,6 +112,9 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpointing", default="block", help="activation checkpointing: none | block")
     ap.add_argument("--text-tokens", type=int, default=128)
     ap.add_argument("--out", default="runs/bench_train_dit")
+    ap.add_argument("--runs", default="one,multi,resume",
+                    help="which parts (one, multi, resume), e.g. to fit a per-command time limit; results.json "
+                         "collects them (resume compares with an earlier multi run)")
     args = ap.parse_args(argv)
 
     out = os.path.abspath(args.out)
@@ -136,20 +141,43 @@ def main(argv=None) -> int:
                            "train.checkpoint_at_end=false", "train.export_final=false", "optim.lr=1e-5",
                            "ema.decay=0.999"]
 
-    results: dict = {"model": args.model if not args.smoke else "tiny", "bucket": args.bucket,
-                     "checkpointing": args.checkpointing, "gpus": args.gpus, "steps": args.steps,
-                     "warmup": args.warmup}
+    parts = set(args.runs.split(","))
+    if parts - {"one", "multi", "resume"}:
+        raise SystemExit(f"--runs: unknown parts {sorted(parts - {'one', 'multi', 'resume'})}")
+    results_path = os.path.join(out, "results.json")
+    results: dict = {}
+    if os.path.exists(results_path):
+        with open(results_path) as fh:
+            results = json.load(fh)
+    results.update({"model": args.model if not args.smoke else "tiny", "bucket": args.bucket,
+                    "checkpointing": args.checkpointing, "gpus": args.gpus, "steps": args.steps,
+                    "warmup": args.warmup})
     runs = {}
     for name, nproc in (("one", 1), ("multi", args.gpus)):
+        if name not in parts:
+            continue
         run_dir = os.path.join(out, name)
         sets = common + [f"train.output_dir={run_dir}", "train.resume=false", f"phases.0.batch={{'*': {nproc}}}"]
         wall = run_trainer(nproc, config, sets, os.path.join(out, f"{name}.log"))
         runs[name] = read_metrics(run_dir)
         results[name] = dict(summarise(runs[name], args.warmup), nproc=nproc, wall_s=wall)
         print(f"{name}: {results[name]}", flush=True)
-    results["scaling_per_gpu"] = results["multi"]["tokens_per_s_per_gpu"] / results["one"]["tokens_per_s_per_gpu"]
+        with open(results_path, "w") as fh:
+            json.dump(results, fh, indent=1)
+    if "one" in results and "multi" in results:
+        results["scaling_per_gpu"] = (results["multi"]["tokens_per_s_per_gpu"]
+                                      / results["one"]["tokens_per_s_per_gpu"])
+    if "resume" in parts:
+        resume_check(args, config, common, out, results)
+    with open(results_path, "w") as fh:
+        json.dump(results, fh, indent=1)
+    print_table(results)
+    return 0
 
-    # Checkpoint → resume on N processes: stop after --resume-at steps with a checkpoint, resume to --steps.
+
+def resume_check(args, config: str, common: list[str], out: str, results: dict) -> None:
+    """Checkpoint → resume on N processes: stop after --resume-at steps with a checkpoint, resume to --steps, and
+    compare the resumed steps' losses with the uninterrupted N-process run."""
     run_dir = os.path.join(out, "resume")
     sets = common + [f"train.output_dir={run_dir}", f"phases.0.batch={{'*': {args.gpus}}}"]
     t_save = run_trainer(args.gpus, config, sets + ["train.resume=false", f"train.max_steps={args.resume_at}",
@@ -157,7 +185,7 @@ def main(argv=None) -> int:
                          os.path.join(out, "resume_a.log"))
     t_resume = run_trainer(args.gpus, config, sets + ["train.resume=true"], os.path.join(out, "resume_b.log"))
     resumed = {r["step"]: r["loss"] for r in read_metrics(run_dir)}
-    straight = {r["step"]: r["loss"] for r in runs["multi"]}
+    straight = {r["step"]: r["loss"] for r in read_metrics(os.path.join(out, "multi"))}
     diffs = [abs(resumed[s] - straight[s]) / max(1e-12, abs(straight[s]))
              for s in straight if s in resumed and s > args.resume_at]
     ckpt = os.path.join(run_dir, "checkpoints")
@@ -166,18 +194,24 @@ def main(argv=None) -> int:
                          "max_rel_loss_diff_vs_uninterrupted": max(diffs) if diffs else None,
                          "losses_identical": all(d == 0 for d in diffs), "wall_save_run_s": t_save,
                          "wall_resume_run_s": t_resume, "checkpoint_bytes_on_disk": size}
-    with open(os.path.join(out, "results.json"), "w") as fh:
-        json.dump(results, fh, indent=1)
+    print(f"resume: {results['resume']}", flush=True)
 
-    one, multi = results["one"], results["multi"]
-    print(f"\n| run | GPUs | tokens/s per GPU | MFU | peak memory per GPU |")
-    print("|---|---|---|---|---|")
-    for name, r in (("1 GPU", one), (f"FSDP2 x{args.gpus}", multi)):
+
+def print_table(results: dict) -> None:
+    """The Markdown table for bench/BENCHMARKS.md."""
+    print("\n| run | GPUs | tokens/s per GPU | MFU | TFLOP/s per GPU | peak memory per GPU |")
+    print("|---|---|---|---|---|---|")
+    for name in ("one", "multi"):
+        r = results.get(name)
+        if not r:
+            continue
         mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "n/a"
+        tfl = f"{r['tflops_per_gpu']:.0f}" if "tflops_per_gpu" in r else "n/a"
         mem = f"{r['peak_mem_gib']:.1f} GiB" if "peak_mem_gib" in r else "n/a"
-        print(f"| {name} | {r['nproc']} | {r['tokens_per_s_per_gpu']:.0f} | {mfu} | {mem} |")
-    print(f"\nscaling per GPU: {100 * results['scaling_per_gpu']:.1f}%; resume: {results['resume']}")
-    return 0
+        label = "1 GPU" if name == "one" else f"FSDP2 x{r['nproc']}"
+        print(f"| {label} | {r['nproc']} | {r['tokens_per_s_per_gpu']:.0f} | {mfu} | {tfl} | {mem} |")
+    if "scaling_per_gpu" in results:
+        print(f"\nscaling per GPU: {100 * results['scaling_per_gpu']:.1f}%")
 
 
 if __name__ == "__main__":
