@@ -206,3 +206,32 @@ def test_demo_config_follows_the_demo_stage_order():
         if (ROOT / "trainer" / "configs" / "prepare_demo.yaml").exists() else None
     if prep is not None:  # the text width the demo's prepare pass writes
         assert train_dit.model_config(cfg.model).text_dim == 384 and prep["text_encoder"]["kind"] == "minilm"
+
+
+@pytest.mark.slow
+def test_validation_video_from_the_ema_weights(tmp_path):
+    """sample: on → an mp4 per prompt through the VAE and text encoder that prepare.json names."""
+    pytest.importorskip("trainer.models.text")  # the prepare pass's text encoders
+    import av
+    from safetensors.torch import save_file
+
+    from trainer.models.vae.model import WanVAE, vae_config
+
+    rows = [dict(sample_id=f"r{i}", stage="s1", bucket="1x32x32") for i in range(4)]
+    lat = write_latents(str(tmp_path / "latents"), rows, text_dim=384, text_len=40)
+    torch.manual_seed(0)
+    vae = WanVAE(vae_config("tiny", z_dim=16))
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, os.path.join(lat, "vae.safetensors"))
+    meta = json.loads(pathlib.Path(lat, "prepare.json").read_text())
+    meta.update(vae={"preset": "tiny", "overrides": {"z_dim": 16}, "weights": "vae.safetensors"},
+                text_encoder={"kind": "minilm", "model": "minilm-l6-v2"}, text_len=64)
+    pathlib.Path(lat, "prepare.json").write_text(json.dumps(meta))
+    path = _config(tmp_path, lat)
+    sets = ["model.config={text_dim: 384, text_len: 64}", "phases.0.steps=2", "phases.1.stages={s1: 1}",
+            "phases.1.steps=1", "sample.enabled=true", "sample.prompts=[a red ball, a blue sky]",
+            "sample.frames=5", "sample.height=32", "sample.width=32", "sample.steps=3"]
+    train_dit.train(train_dit.load_config(path, sets))
+    for i in range(2):
+        with av.open(str(tmp_path / "run" / "samples" / "final" / f"sample-{i}.mp4")) as c:
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        assert len(frames) == 5 and frames[0].shape == (32, 32, 3)
