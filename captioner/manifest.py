@@ -3,7 +3,7 @@
 
 A Ray Data pass, like clustering's: read the parts (with their paths) → keep rows with `status == kept` and no
 caption yet (all kept rows with `recaption`) → decode each row's frames again from its source (CPU tasks, the
-isolated decoder helper: time limit, memory cap) → caption in batches on GPU actors (`Qwen2VLCaptioner`, model
+isolated decoder helper: time limit, memory cap) → caption in batches on GPU actors (`captioner.engines`, model
 loaded once per actor) → group by part file and rewrite each part once (temp file, then rename), leaving every other
 column as it was. Rejected and failed rows are not captioned.
 
@@ -72,11 +72,9 @@ class _Caption:
     """Ray map_batches body (GPU actor): captions for a batch of decoded rows."""
 
     def __init__(self, cfg: CaptionConfig):
-        from captioner.qwen2vl import Qwen2VLCaptioner
+        from captioner.engines import load_engine
 
-        self.captioner = Qwen2VLCaptioner(cfg.model, device="cuda" if cfg.num_gpus > 0 else "cpu", dtype=cfg.dtype,
-                                          max_new_tokens=cfg.max_new_tokens, short_side=cfg.short_side,
-                                          use_ocr=cfg.use_ocr, max_ocr_chars=cfg.max_ocr_chars)
+        self.captioner = load_engine(cfg)  # the configured engine (captioner.engines), loaded once per actor
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         out = batch[["path", "sample_id"]].copy()

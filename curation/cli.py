@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_decide_parser(sub)
     _add_optional(sub, "curation.heads_cli")
+    _add_optional(sub, "captioner.cli")  # visual-text make, rewrite
     return p
 
 

@@ -1,0 +1,483 @@
+"""`curation visual-text make OUT --n N --seed S`: synthetic text images with exact captions, checked by OCR.
+
+A Ray Data pass: `range(N)` → render actors (one CPU each; fonts, pictures and the PP-OCRv4 engine loaded once per
+actor) that draw sample i from its own generator seeded by (seed, i), write its image under `OUT/images/`, read it
+back with PP-OCRv4 (`operators.ocr`, the project's OCR code) and score the reading against the rendered text →
+rows sorted by index → `OUT/samples/part-*.parquet` in the manifest schema, `OUT/stages/<stage.name>/` with the kept
+rows, and `OUT/run.json` with the counts and the per-font / per-size kept shares.
+
+The gate: a render whose OCR character accuracy (1 - edit distance / length of the rendered text, both sides NFKC
+normalised and without whitespace) is below `ocr.min_char_accuracy` is dropped from the stage and kept in
+`samples/` as a `rejected` row with reason `ocr_char_accuracy` (its image stays, to look at). Every drop is counted
+in run.json, per font and per size too, so a font the recogniser cannot read shows up and can be removed from
+`fonts:`. `--n` is the number of renders attempted; the kept count is what passes the gate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import unicodedata
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from captioner.visual_text import render as R
+from captioner.visual_text.text import KINDS, make_text
+from curation.config import ConfigError
+
+log = logging.getLogger("curation.visual_text")
+
+CAPTION_SOURCE = "synthetic_text"
+REJECT_REASON = "ocr_char_accuracy"
+EXTRA_COLUMNS = {
+    "render_lang": "string", "render_kind": "string", "render_font": "string", "render_font_size": "int64",
+    "render_blocks": "int64", "render_background": "string", "render_background_kind": "string",
+    "render_params": "string", "ocr_read": "string", "ocr_char_accuracy": "float64", "synthetic_seed": "int64",
+    "synthetic_index": "int64",
+}
+
+
+@dataclass(frozen=True)
+class VisualTextConfig:
+    """What to render and how to check it (YAML `visual_text:` section; every key optional)."""
+
+    zh_share: float = 0.5  # share of samples in Chinese; the rest English
+    kinds: dict = field(default_factory=lambda: {"word": 0.3, "phrase": 0.4, "passage": 0.3})
+    backgrounds: dict = field(default_factory=lambda: {"white": 0.6, "photo": 0.25, "texture": 0.15})
+    blocks: tuple = (0.7, 0.2, 0.1)  # weights of 1, 2, 3 ... text blocks per image
+    fonts: tuple | None = None  # font keys of render.FONTS; None: every one installed
+    sizes: tuple = (24, 32, 40, 56, 72, 96)  # font sizes drawn from (px); shrunk to fit, never below min_size
+    min_size: int = 18
+    canvases: tuple = ((512, 512), (640, 480), (480, 640), (768, 432))
+    max_angle: float = 4.0  # degrees, for the rotated share
+    p_rotate: float = 0.3
+    p_perspective: float = 0.15
+    max_perspective: float = 0.06  # corner shift as a share of the block height
+    spacing: tuple = (1.15, 1.6)  # line spacing range, in font sizes
+    vocab_size: int = 20000
+    p_number: float = 0.3
+    p_punct: float = 0.4
+    max_lines: int = 3
+    min_contrast: float = 4.5
+    min_char_accuracy: float = 0.9  # the OCR gate; 0 keeps everything (OCR still runs and is reported)
+    ocr: bool = True
+    batch_size: int = 16
+    concurrency: int | None = None  # render actors; None: one per CPU of the cluster
+    stage_name: str = "s9_visual_text"
+    stage_share: float = 0.05  # share of draws the stage gets when mixed with `mix_with`
+    mix_with: str | None = None  # a stages/ folder (or one stage folder) the share is relative to
+    part_rows: int = 50000
+
+
+def _weights(name: str, value: Any, keys: tuple[str, ...]) -> dict:
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"visual_text.{name}: expected a mapping of {'/'.join(keys)} to weights")
+    for k, v in value.items():
+        if k not in keys:
+            raise ConfigError(f"visual_text.{name}: unknown key {k!r} (known: {', '.join(keys)})")
+        if not isinstance(v, (int, float)) or v < 0:
+            raise ConfigError(f"visual_text.{name}.{k}: expected a weight >= 0, got {v!r}")
+    if sum(value.values()) <= 0:
+        raise ConfigError(f"visual_text.{name}: the weights add up to 0")
+    return dict(value)
+
+
+def parse_config(data: Any) -> VisualTextConfig:
+    """A VisualTextConfig from a YAML mapping (a `visual_text:` section, or the keys themselves)."""
+    if data is None:
+        return VisualTextConfig()
+    if not isinstance(data, dict):
+        raise ConfigError("visual_text: expected a mapping")
+    data = data.get("visual_text", data)
+    if data is None:
+        return VisualTextConfig()
+    known = {f.name for f in fields(VisualTextConfig)}
+    for k in data:
+        if k not in known:
+            raise ConfigError(f"visual_text.{k}: unknown key (known: {', '.join(sorted(known))})")
+    kw = dict(data)
+    for k in ("zh_share", "p_rotate", "p_perspective", "p_number", "p_punct", "min_char_accuracy", "stage_share"):
+        if k in kw and not (isinstance(kw[k], (int, float)) and 0 <= kw[k] <= 1):
+            raise ConfigError(f"visual_text.{k}: expected a number in [0, 1], got {kw[k]!r}")
+    if "stage_share" in kw and kw["stage_share"] >= 1:
+        raise ConfigError("visual_text.stage_share: must be below 1")
+    if "kinds" in kw:
+        kw["kinds"] = _weights("kinds", kw["kinds"], KINDS)
+    if "backgrounds" in kw:
+        kw["backgrounds"] = _weights("backgrounds", kw["backgrounds"], ("white", "photo", "texture"))
+    for k in ("blocks", "sizes", "spacing"):
+        if k in kw:
+            if not isinstance(kw[k], (list, tuple)) or not kw[k] or \
+                    not all(isinstance(v, (int, float)) and v >= 0 for v in kw[k]):
+                raise ConfigError(f"visual_text.{k}: expected a non-empty list of numbers >= 0")
+            kw[k] = tuple(kw[k])
+    if "spacing" in kw and (len(kw["spacing"]) != 2 or kw["spacing"][0] > kw["spacing"][1]):
+        raise ConfigError("visual_text.spacing: expected [low, high]")
+    if "canvases" in kw:
+        c = kw["canvases"]
+        if not isinstance(c, (list, tuple)) or not c or not all(
+                isinstance(s, (list, tuple)) and len(s) == 2 and all(isinstance(v, int) and v >= 64 for v in s)
+                for s in c):
+            raise ConfigError("visual_text.canvases: expected a list of [width, height] pairs (>= 64 px)")
+        kw["canvases"] = tuple(tuple(s) for s in c)
+    if "fonts" in kw and kw["fonts"] is not None:
+        try:
+            R.available_fonts(list(kw["fonts"]))
+        except ValueError as exc:
+            raise ConfigError(f"visual_text.fonts: {exc}") from None
+        kw["fonts"] = tuple(kw["fonts"])
+    if "stage_name" in kw and (not isinstance(kw["stage_name"], str) or not kw["stage_name"]
+                               or "/" in kw["stage_name"] or kw["stage_name"].startswith(".")):
+        raise ConfigError("visual_text.stage_name: expected a plain folder name")
+    for k in ("min_size", "batch_size", "vocab_size", "max_lines", "part_rows"):
+        if k in kw and (not isinstance(kw[k], int) or kw[k] < 1):
+            raise ConfigError(f"visual_text.{k}: expected a positive integer, got {kw[k]!r}")
+    cfg = VisualTextConfig(**kw)
+    fonts = R.available_fonts(list(cfg.fonts) if cfg.fonts else None)
+    for lang, share in (("zh", cfg.zh_share), ("en", 1 - cfg.zh_share)):
+        if share > 0 and not any(f.lang == lang for f in fonts):
+            raise ConfigError(f"visual_text: no {lang} font installed or configured (make setup installs them)")
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None) -> VisualTextConfig:
+    """The config of a YAML file (None: the defaults)."""
+    if path is None:
+        return VisualTextConfig()
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        return parse_config(yaml.safe_load(fh))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One sample
+
+
+def _pick(rng: np.random.Generator, weights: dict) -> str:
+    keys = list(weights)
+    p = np.array([weights[k] for k in keys], float)
+    return keys[int(rng.choice(len(keys), p=p / p.sum()))]
+
+
+def _shrink(lines: list[str], lang: str) -> list[str] | None:
+    """The text made one step shorter (last line, else last word / character), None when nothing is left."""
+    if len(lines) > 1:
+        return lines[:-1]
+    line = lines[0]
+    if lang == "en" and " " in line:
+        return [line.rsplit(" ", 1)[0]]
+    return [line[:-1]] if len(line) > 1 else None
+
+
+def render_sample(seed: int, index: int, cfg: VisualTextConfig,
+                  fonts: list[R.FontSpec]) -> tuple[np.ndarray, dict[str, Any]]:
+    """The image (H, W, 3) uint8 and the row fields of sample `index`: a pure function of (seed, index, cfg)."""
+    rng = np.random.default_rng([int(seed), int(index)])
+    lang = "zh" if rng.random() < cfg.zh_share else "en"
+    width, height = cfg.canvases[int(rng.integers(len(cfg.canvases)))]
+    bg_kind = _pick(rng, cfg.backgrounds)
+    canvas, bg_name, bg_desc = R.background(rng, bg_kind, width, height)
+    canvas = canvas.copy()
+    bw = np.array(cfg.blocks, float)
+    n_blocks = 1 + int(rng.choice(len(bw), p=bw / bw.sum()))
+    lang_fonts = [f for f in fonts if f.lang == lang]
+    band_h = height // n_blocks
+    blocks: list[R.Block] = []
+    x_fracs: list[float] = []
+    for band in range(n_blocks):
+        kind = _pick(rng, cfg.kinds)
+        lines = make_text(rng, lang, kind, cfg.vocab_size, cfg.p_number, cfg.p_punct, cfg.max_lines)
+        font = lang_fonts[int(rng.integers(len(lang_fonts)))]
+        size = int(cfg.sizes[int(rng.integers(len(cfg.sizes)))])
+        spacing = float(rng.uniform(*cfg.spacing))
+        align = ("left", "centre", "right")[int(rng.integers(3))]
+        angle = float(rng.uniform(-cfg.max_angle, cfg.max_angle)) if rng.random() < cfg.p_rotate else 0.0
+        persp = float(rng.uniform(-cfg.max_perspective, cfg.max_perspective)) \
+            if rng.random() < cfg.p_perspective else 0.0
+        # Fit: a margin of 8 % of the canvas width and room for the rotation's spread.
+        max_w = int(width * 0.84) - int(abs(math.sin(math.radians(angle))) * band_h)
+        max_h = int(band_h * 0.8)
+        fitted = None
+        while lines is not None:
+            fitted = R.fit_size(lines, font.key, size, max_w, max_h, spacing, cfg.min_size)
+            if fitted is not None:
+                break
+            lines = _shrink(lines, lang)
+        if lines is None or fitted is None:
+            raise RuntimeError(f"no text fits a {width}x{band_h} band in {font.key} at {cfg.min_size} px")
+        colour_name, rgb, outline = _colour(rng, canvas, bg_kind, band, band_h, width)
+        blocks.append(R.Block(lang=lang, kind=kind, lines=lines, font=font.key, size=fitted, colour=colour_name,
+                              rgb=rgb, align=align, spacing=round(spacing, 3), angle=round(angle, 2),
+                              perspective=round(persp, 4), outline=outline, band=band))
+    for b in blocks:
+        stroke = None if b.outline is None else ((0, 0, 0) if b.outline == "black" else (255, 255, 255))
+        layer = R.draw_block(b, stroke)
+        lh, lw = layer.shape[:2]
+        x = int(rng.integers(0, max(1, width - lw + 1)))
+        y0 = b.band * band_h
+        y = y0 + int(rng.integers(0, max(1, band_h - lh + 1)))
+        b.x, b.y = x, y
+        R.composite(canvas, layer, x, y)
+        x_fracs.append((x + lw / 2) / width)
+    text = "\n".join(line for b in blocks for line in b.lines)
+    row = {
+        "width": width, "height": height, "ocr_text": text, "caption": R.caption(blocks, bg_desc, x_fracs),
+        "render_lang": lang, "render_kind": blocks[0].kind, "render_font": blocks[0].font,
+        "render_font_size": blocks[0].size, "render_blocks": len(blocks), "render_background": bg_name,
+        "render_background_kind": bg_kind,
+        "render_params": json.dumps([{k: v for k, v in asdict(b).items()} for b in blocks], ensure_ascii=False),
+    }
+    return canvas, row
+
+
+
+def _colour(rng: np.random.Generator, canvas: np.ndarray, bg_kind: str, band: int, band_h: int,
+            width: int) -> tuple[str, tuple[int, int, int], str | None]:
+    """(colour name, RGB, outline colour or None): dark on white; over a picture, one that contrasts with the band."""
+    if bg_kind == "white":
+        dark = R.COLOURS[:7]
+        name, rgb = dark[int(rng.integers(len(dark)))]
+        return name, rgb, None
+    region = canvas[band * band_h:(band + 1) * band_h, :width]
+    mean = region.reshape(-1, 3).mean(axis=0)
+    ok = [(n, c) for n, c in R.COLOURS if R.contrast_ratio(c, mean) >= 4.5]
+    if not ok:  # a mid-grey region: the better of black and white, with an outline
+        ok = [max((("black", (0, 0, 0)), ("white", (255, 255, 255))), key=lambda nc: R.contrast_ratio(nc[1], mean))]
+    name, rgb = ok[int(rng.integers(len(ok)))]
+    busy = float(region.astype(np.float32).mean(axis=2).std()) > 40 or R.contrast_ratio(rgb, mean) < 4.5
+    outline = None
+    if busy:
+        outline = "black" if R.contrast_ratio(rgb, (0, 0, 0)) > R.contrast_ratio(rgb, (255, 255, 255)) else "white"
+    return name, rgb, outline
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The OCR gate
+
+
+def _norm(text: str) -> str:
+    return "".join(unicodedata.normalize("NFKC", text).split())
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance between two strings."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def char_accuracy(truth: str, read: str) -> float:
+    """1 - edit distance / length of the truth, both NFKC-normalised without whitespace (0 when nothing matches)."""
+    t, r = _norm(truth), _norm(read)
+    if not t:
+        return 1.0 if not r else 0.0
+    return max(0.0, 1.0 - edit_distance(t, r) / len(t))
+
+
+class OcrGate:
+    """PP-OCRv4 (operators.ocr) reading a render back, scored against the rendered text."""
+
+    def __init__(self, threads: int = 1):
+        from operators.ocr import OcrEngine
+
+        # The whole image at its own size (det_limit_side_len 0), as the OCR operator reads frames.
+        self.engine = OcrEngine(threads=threads)
+
+    def read(self, image: np.ndarray) -> str:
+        """What PP-OCRv4 reads in an RGB image, lines in reading order."""
+        from operators.ocr import ocr_clip
+
+        return ocr_clip(self.engine, image[None], num_frames=1)["ocr_text"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The Ray pass
+
+
+def sample_row(seed: int, index: int, cfg: VisualTextConfig, fonts: list[R.FontSpec], images: Path,
+               gate: OcrGate | None) -> dict[str, Any]:
+    """Render sample `index`, write its image, gate it; the manifest row (status kept / rejected / failed)."""
+    from PIL import Image
+
+    from curation.schema import make_sample_id
+
+    uri = f"synthetic-text://seed-{seed}/{index}"
+    row: dict[str, Any] = {"sample_id": make_sample_id(uri, None, None), "synthetic_seed": seed,
+                           "synthetic_index": index, "media_type": "image", "num_frames": 1, "rotation": 0,
+                           "clip_index": 0, "clips_in_source": 1, "caption_source": CAPTION_SOURCE,
+                           "status": "kept", "reject_reasons": []}
+    path = images / f"{row['sample_id']}.png"
+    row["source_uri"] = str(path)
+    try:
+        image, fields_ = render_sample(seed, index, cfg, fonts)
+        row.update(fields_)
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        Image.fromarray(image).save(tmp, compress_level=1)
+        os.replace(tmp, path)  # a half-written image never sits under its final name
+        row["source_size_bytes"] = path.stat().st_size
+    except Exception as exc:  # noqa: BLE001 - one bad sample is a failed row, not a failed run
+        row.update(status="failed", error=f"render: {type(exc).__name__}: {exc}")
+        return row
+    if gate is not None:
+        read = gate.read(image)
+        acc = char_accuracy(row["ocr_text"], read)
+        row["ocr_read"], row["ocr_char_accuracy"] = read, round(acc, 4)
+        if acc < cfg.min_char_accuracy:
+            row["status"], row["reject_reasons"] = "rejected", [REJECT_REASON]
+    return row
+
+
+class _Render:
+    """Ray map_batches body (CPU actor): fonts, pictures and the OCR engine loaded once, then rows per batch."""
+
+    def __init__(self, cfg: VisualTextConfig, seed: int, images: str):
+        self.cfg, self.seed, self.images = cfg, seed, Path(images)
+        self.fonts = R.available_fonts(list(cfg.fonts) if cfg.fonts else None)
+        self.gate = OcrGate() if cfg.ocr else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Any:
+        import pandas as pd
+
+        rows = [sample_row(self.seed, int(i), self.cfg, self.fonts, self.images, self.gate) for i in batch["id"]]
+        df = pd.DataFrame(rows)
+        for col in ("reject_reasons",):
+            df[col] = [list(v) if isinstance(v, list) else [] for v in df[col]]
+        return df
+
+
+def _table(rows: Any) -> Any:
+    import pyarrow as pa
+
+    from curation.schema import manifest_schema
+
+    schema = manifest_schema({k: getattr(pa, v)() for k, v in EXTRA_COLUMNS.items()})
+    data = {f.name: rows[f.name].tolist() if f.name in rows else [None] * len(rows) for f in schema}
+    data = {k: [None if (isinstance(x, float) and math.isnan(x)) else x for x in v] for k, v in data.items()}
+    return pa.Table.from_pydict(data, schema=schema)
+
+
+def _shares(rows: Any, by: str) -> dict[str, dict[str, Any]]:
+    out = {}
+    done = rows[rows["status"] != "failed"]
+    for key, g in done.groupby(by):
+        kept = int((g["status"] == "kept").sum())
+        out[str(key)] = {"rendered": len(g), "kept": kept, "kept_share": round(kept / len(g), 4),
+                         "mean_char_accuracy": round(float(g["ocr_char_accuracy"].mean()), 4)
+                         if g["ocr_char_accuracy"].notna().any() else None}
+    return out
+
+
+def _per_block(rows: Any, cfg: VisualTextConfig) -> tuple[dict, dict]:
+    """Kept shares per font and per size bucket, counting each block of a sample (a multi-block sample counts once
+    under each of its fonts)."""
+    import pandas as pd
+
+    recs = []
+    sizes = sorted(cfg.sizes)
+    for params, status, acc in zip(rows["render_params"], rows["status"], rows["ocr_char_accuracy"]):
+        if status == "failed" or not isinstance(params, str):
+            continue
+        for b in json.loads(params):
+            bucket = max([s for s in sizes if s <= b["size"]], default=cfg.min_size)
+            recs.append({"font": b["font"], "size": f">={bucket}px", "status": status, "ocr_char_accuracy": acc})
+    df = pd.DataFrame(recs, columns=["font", "size", "status", "ocr_char_accuracy"])
+    return _shares(df, "font"), _shares(df, "size")
+
+
+def stage_weight(cfg: VisualTextConfig, n_kept: int) -> tuple[float, float | None]:
+    """(weight per stage row, total weight of `mix_with`): the stage draws `stage_share` of all draws when read
+    together with `mix_with`'s rows (weight 1 per row without `mix_with`)."""
+    if not cfg.mix_with or n_kept == 0:
+        return 1.0, None
+    import glob
+
+    import pandas as pd
+
+    files = sorted(glob.glob(os.path.join(cfg.mix_with, "**", "*.parquet"), recursive=True))
+    if not files:
+        raise ConfigError(f"visual_text.mix_with: no parquet files under {cfg.mix_with}")
+    total = 0.0
+    for f in files:
+        cols = pd.read_parquet(f, columns=None).columns
+        w = pd.read_parquet(f, columns=["weight"])["weight"] if "weight" in cols else None
+        total += float(w.fillna(0).sum()) if w is not None else float(len(pd.read_parquet(f, columns=[cols[0]])))
+    return cfg.stage_share / (1 - cfg.stage_share) * total / n_kept, total
+
+
+def make_visual_text(out: str | os.PathLike, n: int, seed: int = 0,
+                     cfg: VisualTextConfig = VisualTextConfig()) -> dict[str, Any]:
+    """Render, gate and write `n` samples into `out` (Ray Data; a local Ray is started when none runs); the summary
+    also written to `out/run.json`."""
+    import pandas as pd
+    import ray
+
+    from curation.manifest import write_json_atomic, write_table_atomic
+
+    if n < 1:
+        raise ConfigError(f"--n: expected at least 1 sample, got {n}")
+    t0 = time.perf_counter()
+    root = Path(out)
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    fonts = R.available_fonts(list(cfg.fonts) if cfg.fonts else None)
+    if not ray.is_initialized():
+        from curation.runner import init_ray
+
+        init_ray(None)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    concurrency = cfg.concurrency or max(1, min(cpus, -(-n // cfg.batch_size)))
+    ds = ray.data.range(n, override_num_blocks=max(1, -(-n // cfg.batch_size)))
+    ds = ds.map_batches(_Render, fn_constructor_args=(cfg, int(seed), str(images.resolve())), batch_size=cfg.batch_size,
+                        concurrency=concurrency, num_cpus=1, batch_format="numpy")
+    rows = ds.to_pandas().sort_values("synthetic_index").reset_index(drop=True)
+    seconds = time.perf_counter() - t0
+    # Manifest parts; a re-run into the same folder replaces them.
+    samples = root / "samples"
+    samples.mkdir(exist_ok=True)
+    for old in samples.glob("part-*.parquet"):
+        old.unlink()
+    for i, start in enumerate(range(0, len(rows), cfg.part_rows)):
+        write_table_atomic(_table(rows.iloc[start:start + cfg.part_rows]), samples / f"part-{i:05d}.parquet")
+    kept = rows[rows["status"] == "kept"]
+    weight, mix_total = stage_weight(cfg, len(kept))
+    stage_dir = root / "stages" / cfg.stage_name
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    for old in stage_dir.glob("part-*.parquet"):
+        old.unlink()
+    import pyarrow as pa
+
+    table = _table(kept).drop_columns(["embedding"])
+    table = table.append_column("stage", pa.array([cfg.stage_name] * len(kept), pa.string()))
+    table = table.append_column("weight", pa.array([weight] * len(kept), pa.float64()))
+    write_table_atomic(table, stage_dir / "part-00000.parquet")
+    per_font, per_size = _per_block(rows, cfg)
+    acc_kept = {lang: round(float(g["ocr_char_accuracy"].mean()), 4) for lang, g in kept.groupby("render_lang")
+                if g["ocr_char_accuracy"].notna().any()}
+    summary: dict[str, Any] = {
+        "kind": "visual_text", "n": n, "seed": int(seed), "config": asdict(cfg),
+        "fonts": [f.key for f in fonts], "rendered": int((rows["status"] != "failed").sum()), "kept": len(kept),
+        "dropped_ocr": int((rows["status"] == "rejected").sum()), "failed": int((rows["status"] == "failed").sum()),
+        "failed_examples": [e for e in rows.get("error", pd.Series(dtype=object)).dropna().head(5)],
+        "per_language": _shares(rows, "render_lang"), "mean_char_accuracy_kept": acc_kept,
+        "per_font": per_font, "per_size": per_size,
+        "stage": {"name": cfg.stage_name, "dir": str(stage_dir), "rows": len(kept), "weight": weight,
+                  "share": cfg.stage_share if cfg.mix_with else None, "mix_with": cfg.mix_with,
+                  "mix_with_total_weight": mix_total},
+        "seconds": round(seconds, 3), "renders_per_s": round(n / seconds, 3) if seconds else None,
+        "cpus": cpus, "actors": concurrency,
+    }
+    write_json_atomic(summary, root / "run.json")
+    log.info("visual text: %d of %d renders kept (%d dropped by the OCR gate, %d failed) in %.1f s",
+             summary["kept"], n, summary["dropped_ocr"], summary["failed"], seconds)
+    return summary
