@@ -12,10 +12,17 @@ DEMO_SCORER := $(DEMO_MODELS)/quality-scorer/quality_scorer.safetensors
 CJK_FONT := /usr/share/fonts/truetype/wqy/wqy-microhei.ttc
 # Headless Chromium renders report.html in tests/test_report_browser.py (Playwright drives Debian's build).
 CHROMIUM := /usr/bin/chromium
+# Fonts of `curation visual-text make` (captioner/visual_text/render.py): Debian package:file it installs.
+TEXT_FONTS := fonts-noto-cjk:/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc \
+	fonts-arphic-ukai:/usr/share/fonts/truetype/arphic/ukai.ttc \
+	fonts-arphic-uming:/usr/share/fonts/truetype/arphic/uming.ttc \
+	fonts-noto-core:/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf \
+	fonts-dejavu-core:/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf \
+	fonts-liberation:/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf
 
-.PHONY: setup demo train-demo test test-fast clean
+.PHONY: setup demo train-demo test test-fast clean text-fonts
 
-setup: $(STAMP) $(CJK_FONT) $(CHROMIUM)
+setup: $(STAMP) $(CJK_FONT) $(CHROMIUM) text-fonts
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -34,6 +41,14 @@ $(CHROMIUM):
 	  (apt-get install -y -q chromium >/dev/null 2>&1 || \
 	   (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) || \
 	  { echo "could not install chromium (needed to check report.html in a browser)"; exit 1; }; fi
+
+# Installs only the packages whose file is missing (a no-op once they are there).
+text-fonts:
+	@missing=""; for pf in $(TEXT_FONTS); do [ -f "$${pf#*:}" ] || missing="$$missing $${pf%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
+	  (apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null)) || \
+	  { echo "could not install$$missing (fonts for curation visual-text)"; exit 1; }; fi
 
 $(SAMPLES)/labels.parquet: | setup
 	$(BIN)/curation samples make $(SAMPLES) --seed 0

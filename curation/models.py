@@ -101,6 +101,19 @@ REGISTRY: dict[str, ModelSpec] = {
             how_to_get="curation models pull --keys qwen2-vl-7b  (needs internet; ~16 GB from HF hub)",
             description="Qwen2-VL-7B-Instruct dense captioner",
         ),
+        # Prompt rewriting (captioner/rewrite.py, the Wan paper's section 4.5). The revision is the commit public
+        # projects pin for this repo; `pull` records the commit it actually got in `.pulled.json`.
+        ModelSpec(
+            key="qwen2.5-7b-instruct",
+            kind="hf",
+            source="Qwen/Qwen2.5-7B-Instruct",
+            revision="a09a35458c702b33eeacc393d103063234e8bc28",
+            files=("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
+                   "merges.txt", "model.safetensors.index.json", "*.safetensors"),
+            license="Apache-2.0",
+            how_to_get="curation models pull --keys qwen2.5-7b-instruct  (needs internet; ~15 GB from HF hub)",
+            description="Qwen2.5-7B-Instruct prompt rewriter (short prompt -> training-caption style)",
+        ),
         # Wan2.1 text-to-video weights for the bundled trainer (trainer.models.dit.weights.load_wan_dit reads the
         # folder). The revisions are the commits public projects pin for these repos; this machine cannot reach the
         # hub to confirm them, and `pull` records the commit it actually got in `.pulled.json`.

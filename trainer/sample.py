@@ -144,7 +144,31 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fps", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    rw = p.add_argument_group("prompt rewriting (captioner/rewrite.py, the Wan paper's section 4.5)")
+    rw.add_argument("--rewrite", action="store_true", help="rewrite the prompts into training-caption style with an "
+                    "instruct LLM before encoding them")
+    rw.add_argument("--rewrite-model", default="qwen2.5-7b-instruct", help="registry key or local folder")
+    rw.add_argument("--rewrite-language", default="auto", help="auto (each prompt's language), en or zh")
     return p.parse_args(argv)
+
+
+def rewrite_if_asked(args: argparse.Namespace, device: torch.device) -> list[str]:
+    """The prompts to encode: `--prompt` as given, or their rewrites with `--rewrite` (the LLM is freed before the
+    DiT loads); a rejected rewrite stops the run with the reason."""
+    prompts = list(args.prompt)
+    if not args.rewrite:
+        return prompts
+    from captioner.rewrite import RewriteConfig, rewrite_prompts
+
+    cfg = RewriteConfig(model=args.rewrite_model, language=args.rewrite_language, device=str(device),
+                        dtype="bfloat16" if args.precision == "bf16" else "float32")
+    try:
+        rewritten = rewrite_prompts(prompts, cfg)
+    except ValueError as exc:
+        raise SystemExit(f"--rewrite: {exc}") from None
+    for old, new in zip(prompts, rewritten):
+        log.info("rewrote %r -> %r", old, new)
+    return rewritten
 
 
 def _vae_overrides(items: list[str]) -> dict:
@@ -171,12 +195,13 @@ def main(argv: list[str] | None = None) -> int:
                           ("cpu" if args.device == "auto" else args.device))
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     started = time.monotonic()
+    prompts = rewrite_if_asked(args, device)
     model = load_wan_dit(args.checkpoint, dtype=torch.float32, device=device)
     model.train(False).requires_grad_(False)
     vae = load_wan_vae(args.vae, vae_config(args.vae_preset, **_vae_overrides(args.vae_override)), device=device)
     vae.train(False).requires_grad_(False)
     encoder = load_text_encoder(args.text_encoder, device=device)
-    context = encoder.encode(list(args.prompt))
+    context = encoder.encode(prompts)
     negative = encoder.encode([args.negative_prompt]) if args.guidance != 1.0 else None
     cfg = vae.config
     shape = latent_shape(args.frames, args.height, args.width, cfg.z_dim, cfg.temporal_factor, cfg.spatial_factor)

@@ -437,7 +437,10 @@ def make_visual_text(out: str | os.PathLike, n: int, seed: int = 0,
         init_ray(None)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     concurrency = cfg.concurrency or max(1, min(cpus, -(-n // cfg.batch_size)))
-    ds = ray.data.range(n, override_num_blocks=max(1, -(-n // cfg.batch_size)))
+    # In-memory input: no read tasks competing with the render actors for CPUs (a range() read task waits
+    # forever for a CPU when the actors hold them all).
+    blocks = max(1, -(-n // cfg.batch_size))
+    ds = ray.data.from_items([{"id": i} for i in range(n)], override_num_blocks=blocks)
     ds = ds.map_batches(_Render, fn_constructor_args=(cfg, int(seed), str(images.resolve())), batch_size=cfg.batch_size,
                         concurrency=concurrency, num_cpus=1, batch_format="numpy")
     rows = ds.to_pandas().sort_values("synthetic_index").reset_index(drop=True)
