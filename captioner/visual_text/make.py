@@ -190,7 +190,7 @@ def render_sample(seed: int, index: int, cfg: VisualTextConfig,
     lang_fonts = [f for f in fonts if f.lang == lang]
     band_h = height // n_blocks
     blocks: list[R.Block] = []
-    x_fracs: list[float] = []
+    centres: list[tuple[float, float]] = []
     for band in range(n_blocks):
         kind = _pick(rng, cfg.kinds)
         lines = make_text(rng, lang, kind, cfg.vocab_size, cfg.p_number, cfg.p_punct, cfg.max_lines)
@@ -225,10 +225,10 @@ def render_sample(seed: int, index: int, cfg: VisualTextConfig,
         y = y0 + int(rng.integers(0, max(1, band_h - lh + 1)))
         b.x, b.y = x, y
         R.composite(canvas, layer, x, y)
-        x_fracs.append((x + lw / 2) / width)
+        centres.append(((x + lw / 2) / width, (y + lh / 2) / height))
     text = "\n".join(line for b in blocks for line in b.lines)
     row = {
-        "width": width, "height": height, "ocr_text": text, "caption": R.caption(blocks, bg_desc, x_fracs),
+        "width": width, "height": height, "ocr_text": text, "caption": R.caption(blocks, bg_desc, centres),
         "render_lang": lang, "render_kind": blocks[0].kind, "render_font": blocks[0].font,
         "render_font_size": blocks[0].size, "render_blocks": len(blocks), "render_background": bg_name,
         "render_background_kind": bg_kind,

@@ -342,20 +342,25 @@ def describe_block(b: Block) -> str:
     return text
 
 
-def _position(band: int, bands: int, x_frac: float) -> str:
-    vertical = {1: ["in the middle"], 2: ["at the top", "at the bottom"],
-                3: ["at the top", "in the middle", "at the bottom"]}.get(bands, ["" for _ in range(bands)])[band]
+def _position(band: int, bands: int, x_frac: float, y_frac: float) -> str:
+    """Where a block sits, in words: its band among several, or for one block where its centre is."""
     horizontal = "on the left" if x_frac < 0.3 else ("on the right" if x_frac > 0.7 else "")
     if bands == 1:
-        return "centred" if not horizontal else f"{horizontal}"
+        vertical = "at the top" if y_frac < 0.3 else ("at the bottom" if y_frac > 0.7 else "")
+        if not vertical and not horizontal:
+            return "centred"
+        return f"{vertical} {horizontal}".strip() if vertical else f"in the middle {horizontal}"
+    names = {2: ["at the top", "at the bottom"], 3: ["at the top", "in the middle", "at the bottom"]}
+    vertical = names[bands][band] if bands in names else f"in band {band + 1} of {bands}"
     return f"{vertical} {horizontal}".strip()
 
 
-def caption(blocks: list[Block], bg_desc: str, x_fracs: list[float]) -> str:
-    """The sample's caption: every line of every block quoted exactly, the look, the position, the background."""
+def caption(blocks: list[Block], bg_desc: str, centres: list[tuple[float, float]]) -> str:
+    """The sample's caption: every line of every block quoted exactly, the look, the position, the background.
+    `centres`: each block's centre as fractions (x, y) of the canvas."""
     parts = []
-    for b, xf in zip(blocks, x_fracs):
-        parts.append((describe_block(b), _position(b.band, len(blocks), xf)))
+    for b, (xf, yf) in zip(blocks, centres):
+        parts.append((describe_block(b), _position(b.band, len(blocks), xf, yf)))
     if len(blocks) == 1:
         desc, pos = parts[0]
         return f"{desc[0].upper()}{desc[1:]}, {pos} on {bg_desc}."
