@@ -171,3 +171,18 @@ def test_stage_weight_gives_the_configured_share(tmp_path):
     cfg = VisualTextConfig(stage_share=0.1, mix_with=str(tmp_path / "stages"))
     w, total = stage_weight(cfg, 30)
     assert total == 90 and abs(30 * w / (30 * w + 90) - 0.1) < 1e-12
+
+
+@needs_fonts
+def test_a_failed_render_is_a_failed_row_in_the_manifest(tmp_path):
+    """A render that cannot fit any text is a `failed` row with the reason, written beside good rows."""
+    import pyarrow as pa
+
+    from captioner.visual_text.make import _table
+
+    good = sample_row(0, 0, VisualTextConfig(), FONTS, tmp_path, None)
+    bad = sample_row(0, 0, VisualTextConfig(canvases=((64, 64),), sizes=(60,), min_size=60), FONTS, tmp_path, None)
+    assert good["status"] == "kept" and bad["status"] == "failed" and "no text fits" in bad["error"]
+    table = _table(pd.DataFrame([good, bad]))
+    assert table.num_rows == 2 and table.schema.field("width").type == pa.int64()
+    assert table.column("status").to_pylist() == ["kept", "failed"]

@@ -362,8 +362,14 @@ def _table(rows: Any) -> Any:
     from curation.schema import manifest_schema
 
     schema = manifest_schema({k: getattr(pa, v)() for k, v in EXTRA_COLUMNS.items()})
-    data = {f.name: rows[f.name].tolist() if f.name in rows else [None] * len(rows) for f in schema}
-    data = {k: [None if (isinstance(x, float) and math.isnan(x)) else x for x in v] for k, v in data.items()}
+    data = {}
+    for f in schema:
+        values = rows[f.name].tolist() if f.name in rows else [None] * len(rows)
+        # Rows of failed renders lack most fields: pandas fills NaN and turns int columns into floats.
+        values = [None if (isinstance(x, float) and math.isnan(x)) else x for x in values]
+        if pa.types.is_integer(f.type):
+            values = [None if x is None else int(x) for x in values]
+        data[f.name] = values
     return pa.Table.from_pydict(data, schema=schema)
 
 
@@ -407,11 +413,14 @@ def stage_weight(cfg: VisualTextConfig, n_kept: int) -> tuple[float, float | Non
     files = sorted(glob.glob(os.path.join(cfg.mix_with, "**", "*.parquet"), recursive=True))
     if not files:
         raise ConfigError(f"visual_text.mix_with: no parquet files under {cfg.mix_with}")
+    import pyarrow.parquet as pq
+
     total = 0.0
     for f in files:
-        cols = pd.read_parquet(f, columns=None).columns
-        w = pd.read_parquet(f, columns=["weight"])["weight"] if "weight" in cols else None
-        total += float(w.fillna(0).sum()) if w is not None else float(len(pd.read_parquet(f, columns=[cols[0]])))
+        if "weight" in pq.read_schema(f).names:
+            total += float(pd.read_parquet(f, columns=["weight"])["weight"].fillna(0).sum())
+        else:  # a stage without weights is read with weight 1 per row (trainer.data.clips.read_stage_rows)
+            total += float(pq.ParquetFile(f).metadata.num_rows)
     return cfg.stage_share / (1 - cfg.stage_share) * total / n_kept, total
 
 
