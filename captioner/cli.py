@@ -10,10 +10,12 @@ import sys
 
 def _cmd_visual_text_make(args: argparse.Namespace) -> int:
     from captioner.visual_text.make import load_config, make_visual_text
+    from curation.manifest import check_new_output
     from curation.runner import init_ray
 
     cfg = load_config(args.config)
-    init_ray(args.address)
+    check_new_output(args.out)  # an OUT that is a file: one message before Ray starts
+    init_ray(args.address, quiet_logs=True)
     summary = make_visual_text(args.out, args.n, seed=args.seed, cfg=cfg)
     brief = {k: summary[k] for k in ("n", "rendered", "kept", "dropped_ocr", "failed", "mean_char_accuracy_kept",
                                      "renders_per_s")}

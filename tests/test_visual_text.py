@@ -186,3 +186,16 @@ def test_a_failed_render_is_a_failed_row_in_the_manifest(tmp_path):
     table = _table(pd.DataFrame([good, bad]))
     assert table.num_rows == 2 and table.schema.field("width").type == pa.int64()
     assert table.column("status").to_pylist() == ["kept", "failed"]
+
+
+def test_cli_refuses_an_out_that_is_a_file_before_ray_starts(tmp_path, capsys):
+    from curation.cli import main
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main(["visual-text", "make", str(f), "--n", "2"]) == 2
+    assert "a file, not a folder" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("visual_text:\n  zh_share: 2\n")
+    assert main(["visual-text", "make", str(tmp_path / "o"), "--n", "2", "--config", str(bad)]) == 2
+    assert "zh_share" in capsys.readouterr().err
