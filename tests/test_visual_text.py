@@ -199,3 +199,14 @@ def test_cli_refuses_an_out_that_is_a_file_before_ray_starts(tmp_path, capsys):
     bad.write_text("visual_text:\n  zh_share: 2\n")
     assert main(["visual-text", "make", str(tmp_path / "o"), "--n", "2", "--config", str(bad)]) == 2
     assert "zh_share" in capsys.readouterr().err
+
+
+@needs_fonts
+@pytest.mark.parametrize("share", [0.3, 0.8])
+def test_languages_come_in_the_configured_shares(share):
+    cfg = VisualTextConfig(zh_share=share, canvases=((256, 192),), sizes=(24,))
+    rows = [render_sample(2, i, cfg, FONTS)[1] for i in range(120)]
+    got = sum(r["render_lang"] == "zh" for r in rows) / len(rows)
+    assert abs(got - share) < 0.1, got  # binomial sd at n=120 is <= 0.046
+    for r in rows:  # the rendered text is in the sample's language
+        assert language_of(r["ocr_text"]) == r["render_lang"] or not re.search(r"[^\W\d_]", r["ocr_text"])
