@@ -1,5 +1,6 @@
 """A tiny random-weight Qwen2 causal LM (config, weights, tokenizer, chat template) built offline, for plumbing tests
-of the prompt rewriter only: its answers are noise and are never presented as results. Its special tokens never win\nthe greedy choice, so an answer runs to `max_new_tokens` of (random) text.
+of the prompt rewriter only: its answers are noise and are never presented as results. Its special tokens never win
+the greedy choice, so an answer runs to `max_new_tokens` of (random) text.
 
 The tokenizer is a byte-level BPE trained here on a few English and Chinese sentences, with Qwen2's special tokens;
 the chat template renders messages the way Qwen2.5-Instruct's does (`<|im_start|>role ... <|im_end|>`)."""
