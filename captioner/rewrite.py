@@ -199,10 +199,10 @@ class PromptRewriter:
     """A loaded instruct LLM and tokenizer that rewrite batches of prompts."""
 
     def __init__(self, cfg: RewriteConfig = RewriteConfig()):
+        folder = resolve_model(cfg.model)  # a wrong name fails before the slow imports
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        folder = resolve_model(cfg.model)
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, cfg.dtype) if device != "cpu" else torch.float32
         tokenizer = AutoTokenizer.from_pretrained(folder)

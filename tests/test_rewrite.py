@@ -27,6 +27,18 @@ def tiny(tmp_path_factory) -> Path:
     return build_tiny_qwen2(tmp_path_factory.mktemp("tiny_qwen2"))
 
 
+@pytest.fixture(scope="module")
+def loaded(tiny):
+    """The tiny model and tokenizer loaded once (loading costs more than the tests' generation)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny), AutoTokenizer.from_pretrained(tiny)
+
+
+def _rewriter(loaded, **kw) -> PromptRewriter:
+    return PromptRewriter.from_loaded(*loaded, RewriteConfig(**kw))
+
+
 def test_rules_on_answers():
     assert quoted_spans('a sign "OPEN 24" and 「营业中」 and “SALE”') == ["OPEN 24", "营业中", "SALE"]
     assert target_language("一只猫在窗台上睡觉", "auto") == "zh"
@@ -64,9 +76,9 @@ def test_config_errors(tmp_path):
         read_prompts(tmp_path / "p.jsonl")
 
 
-def test_batching_quoted_text_and_language_rules(tiny, tmp_path):
-    one = PromptRewriter(RewriteConfig(model=str(tiny), max_new_tokens=16, batch_size=5, retries=1, device="cpu"))
-    two = PromptRewriter(RewriteConfig(model=str(tiny), max_new_tokens=16, batch_size=2, retries=1, device="cpu"))
+def test_batching_quoted_text_and_language_rules(loaded, tmp_path):
+    one = _rewriter(loaded, max_new_tokens=8, batch_size=5, retries=1)
+    two = _rewriter(loaded, max_new_tokens=8, batch_size=2, retries=1)
     a, b = one.rewrite(PROMPTS), two.rewrite(PROMPTS)
     # Same answers whatever the batch (left padding), in prompt order.
     assert [r.last_output for r in a] == [r.last_output for r in b]
@@ -81,7 +93,7 @@ def test_batching_quoted_text_and_language_rules(tiny, tmp_path):
     # Calls: 5 prompts in batches of 2 (3 calls) + the 2 retries in one call.
     assert two.generate_calls == 4 and one.generate_calls == 2
     # With English configured, the Chinese prompt is asked (and checked) for English.
-    en = PromptRewriter(RewriteConfig(model=str(tiny), max_new_tokens=16, language="en", device="cpu"))
+    en = _rewriter(loaded, max_new_tokens=8, language="en")
     r = en.rewrite(["一只猫在窗台上睡觉"])[0]
     assert r.language == "en" and r.ok and r.rewrite == r.last_output and r.words and r.length_ok is False
     # The JSONL output carries every prompt with its flag.
@@ -97,8 +109,26 @@ def test_sampler_rewrite_flag_stops_on_a_rejected_prompt(tiny):
     from trainer.sample import _parse, rewrite_if_asked
 
     args = _parse(["--checkpoint", "x", "--vae", "y", "--out", "o.mp4", "--prompt", 'a sign "BAKERY"',
-                   "--rewrite", "--rewrite-model", str(tiny), "--precision", "fp32"])
+                   "--rewrite", "--rewrite-model", str(tiny), "--rewrite-max-new-tokens", "8", "--precision", "fp32"])
     with pytest.raises(SystemExit, match='BAKERY'):
         rewrite_if_asked(args, torch.device("cpu"))
     plain = _parse(["--checkpoint", "x", "--vae", "y", "--out", "o.mp4", "--prompt", "a cat"])
     assert rewrite_if_asked(plain, torch.device("cpu")) == ["a cat"]
+
+
+def test_cli_rewrite_writes_every_prompt_and_strict_fails_on_a_rejection(tiny, tmp_path, capsys):
+    from curation.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a car\n\na sign saying \"BAKERY\"\n")
+    out = tmp_path / "out.jsonl"
+    args = ["rewrite", "--prompts", str(prompts), "--out", str(out), "--model", str(tiny), "--device", "cpu",
+            "--max-new-tokens", "8", "--retries", "0"]
+    assert main(args) == 0
+    rows = [json.loads(ln) for ln in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["a car", 'a sign saying "BAKERY"']
+    assert rows[1]["ok"] is False and rows[1]["attempts"] == 1 and "BAKERY" in rows[1]["error"]
+    assert "1 rejected" in capsys.readouterr().out
+    assert main(args + ["--strict"]) == 1
+    assert main(["rewrite", "--prompts", str(prompts), "--out", str(out), "--language", "fr"]) == 2
+    assert "rewrite.language" in capsys.readouterr().err

@@ -149,6 +149,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                     "instruct LLM before encoding them")
     rw.add_argument("--rewrite-model", default="qwen2.5-7b-instruct", help="registry key or local folder")
     rw.add_argument("--rewrite-language", default="auto", help="auto (each prompt's language), en or zh")
+    rw.add_argument("--rewrite-max-new-tokens", type=int, default=256)
     return p.parse_args(argv)
 
 
@@ -161,6 +162,7 @@ def rewrite_if_asked(args: argparse.Namespace, device: torch.device) -> list[str
     from captioner.rewrite import RewriteConfig, rewrite_prompts
 
     cfg = RewriteConfig(model=args.rewrite_model, language=args.rewrite_language, device=str(device),
+                        max_new_tokens=args.rewrite_max_new_tokens,
                         dtype="bfloat16" if args.precision == "bf16" else "float32")
     try:
         rewritten = rewrite_prompts(prompts, cfg)
