@@ -160,7 +160,7 @@ def model_case(ring: int, ulysses: int, shape_names: list[str], steps: int = 2) 
     world = dist.get_world_size()
     mesh = build_mesh(ParallelConfig(ring=ring, ulysses=ulysses), world, "cpu")
     base = tiny_model()
-    cp = cpmod.apply_context_parallel(copy.deepcopy(base), mesh, KERNELS["math"]())
+    cp = cpmod.apply_context_parallel(copy.deepcopy(base), mesh, kernel=KERNELS["math"]())
     layers = base.config.num_layers
     for shape_name in shape_names:
         x, t, ctx, target = tiny_inputs(SHAPES[shape_name])

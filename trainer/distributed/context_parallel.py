@@ -21,7 +21,7 @@ group; across data-parallel ranks (different samples) it is the MEAN, as usual:
     grad = (1/DP) · Σ_dp Σ_cp grad_rank
 
 - Without FSDP: `reduce_gradients(model, mesh)` after backward (one all-reduce over the world, divided by DP).
-- With FSDP2 sharded over the flattened ("dp_shard", "ring", "ulysses") mesh ("dp_shard_cp", `fsdp_mesh`), FSDP's
+- With FSDP2 sharded over the flattened ("dp_shard", "ring", "ulysses") mesh ("dp_shard_cp", mesh.fsdp_mesh), FSDP's
   reduce-scatter averages over DP·C ranks (and HSDP's all-reduce over dp_replicate): multiply the loss by C before
   backward (`loss * cp_loss_scale(mesh)`) and that mean becomes Σ_cp / DP. (Alternatively set FSDP's gradient divide
   factor to DP.) The logged loss is the unscaled one.
@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from trainer.distributed.mesh import dp_rank_world, submesh
 from trainer.distributed.ring import RingAttention
 from trainer.distributed.ulysses import UlyssesAttention, check_heads
 from trainer.models.dit.model import SequenceHooks, WanDiT
@@ -73,24 +74,13 @@ def cp_groups(mesh) -> CPGroups | None:
     uly = mesh["ulysses"].size() if "ulysses" in names else 1
     if ring * uly == 1:
         return None
-    cp_mesh = mesh["ring", "ulysses"]._flatten("cp")
+    try:
+        cp_mesh = submesh(mesh, "cp")  # build_mesh flattened it already
+    except (KeyError, ValueError, RuntimeError):
+        cp_mesh = mesh["ring", "ulysses"]._flatten("cp")
     return CPGroups(ring=ring, ulysses=uly, ring_rank=mesh.get_local_rank("ring"),
                     ulysses_rank=mesh.get_local_rank("ulysses"), ring_group=mesh.get_group("ring"),
                     ulysses_group=mesh.get_group("ulysses"), cp_group=cp_mesh.get_group())
-
-
-def dp_size(mesh) -> int:
-    """Number of data-parallel replicas (dp_replicate × dp_shard): groups of ranks that see different samples."""
-    if mesh is None:
-        return 1
-    return mesh["dp_replicate"].size() * mesh["dp_shard"].size()
-
-
-def dp_rank(mesh) -> int:
-    """This rank's data-parallel index (every rank of a CP group has the same one, so they read the same samples)."""
-    if mesh is None:
-        return 0
-    return mesh.get_local_rank("dp_replicate") * mesh["dp_shard"].size() + mesh.get_local_rank("dp_shard")
 
 
 def cp_size(mesh) -> int:
@@ -106,13 +96,6 @@ def cp_loss_scale(mesh) -> int:
     return cp_size(mesh)
 
 
-def fsdp_mesh(mesh):
-    """The mesh FSDP2 shards over: ("dp_replicate", "dp_shard_cp"), dp_shard_cp flattening dp_shard × ring × ulysses."""
-    flat = mesh["dp_shard", "ring", "ulysses"]._flatten("dp_shard_cp")
-    del flat
-    return mesh["dp_replicate", "dp_shard_cp"]
-
-
 @torch.no_grad()
 def reduce_gradients(model: nn.Module, mesh) -> None:
     """Without FSDP: make every rank's gradients the true ones, Σ over the CP group and mean over DP (in place)."""
@@ -126,7 +109,7 @@ def reduce_gradients(model: nn.Module, mesh) -> None:
         raise ValueError(f"reduce_gradients wants a mesh over the whole world ({mesh.size()} of "
                          f"{dist.get_world_size()} ranks)")
     dist.all_reduce(flat)  # Σ over every rank = Σ_dp Σ_cp; then / DP
-    flat /= dp_size(mesh)
+    flat /= dp_rank_world(mesh)[1]
     offset = 0
     for g in grads:
         n = g.numel()
@@ -206,13 +189,22 @@ class CPSequence(SequenceHooks):
         return full[:, : self._length]
 
 
-def apply_context_parallel(model: WanDiT, mesh, kernel=None) -> WanDiT:
+def apply_context_parallel(model: WanDiT, mesh, parallel=None, *, kernel=None) -> WanDiT:
     """Shard `model`'s token sequence over the mesh's ring × ulysses dims (in place; a no-op without CP).
 
     Replaces every block's `self_attn.attn` with CPAttention and `model.sequence` with CPSequence. Raises a clear
-    error when the model's head count is not divisible by the Ulysses degree. `kernel` picks Ring's block kernel
-    (trainer.distributed.ring: MathKernel, FlashKernel, ...; default by device and dtype).
+    error when the model's head count is not divisible by the Ulysses degree. `parallel` (a ParallelConfig), when
+    given, must agree with the mesh. `kernel` picks Ring's block kernel (trainer.distributed.ring: MathKernel,
+    FlashKernel, ...; default by device and dtype).
     """
+    if parallel is not None:
+        check_heads(model.config.num_heads, parallel.ulysses)
+        if mesh is None and parallel.ring * parallel.ulysses > 1:
+            raise ValueError(f"parallel.ring={parallel.ring}, parallel.ulysses={parallel.ulysses} need "
+                             f"{parallel.ring * parallel.ulysses} processes per sample (run under torchrun)")
+        if mesh is not None and (mesh["ring"].size(), mesh["ulysses"].size()) != (parallel.ring, parallel.ulysses):
+            raise ValueError(f"mesh ring×ulysses {mesh['ring'].size()}×{mesh['ulysses'].size()} != parallel "
+                             f"{parallel.ring}×{parallel.ulysses}")
     if mesh is not None and "ulysses" in mesh.mesh_dim_names:
         check_heads(model.config.num_heads, mesh["ulysses"].size())
     groups = cp_groups(mesh)
