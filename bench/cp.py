@@ -104,7 +104,7 @@ def comm_profile(prof, device) -> dict:
             if not (low.startswith("c10d::") or low.startswith("gloo:")):
                 continue
             t = ev.cpu_time_total / 1e3
-        if "sendrecv" in low or "alltoall" in low or "send" in low or "recv" in low:
+        if any(k in low for k in ("sendrecv", "alltoall", "all_to_all", "send", "recv")):
             kinds["send_recv"] += t
         elif "allreduce" in low or "all_reduce" in low:
             kinds["all_reduce"] += t

@@ -204,13 +204,41 @@ def model_case(ring: int, ulysses: int, shape_names: list[str], steps: int = 2) 
             _close(f"step {step}: parameter {name}", p.detach(), pr.detach())
 
 
+def fsdp_case(dp_shard: int, ring: int, ulysses: int) -> None:
+    """FSDP2 over dp_shard×cp with the loss scaled by the CP degree: every gradient equals one process's gradient
+    of the mean loss over the data-parallel ranks' samples (the rule in context_parallel's docstring)."""
+    from torch.distributed.fsdp import fully_shard
+
+    from trainer.distributed.mesh import dp_rank_world, fsdp_mesh
+
+    world = dist.get_world_size()
+    mesh = build_mesh(ParallelConfig(dp_shard=dp_shard, ring=ring, ulysses=ulysses), world, "cpu")
+    base = tiny_model()
+    batches = [tiny_inputs(SHAPES["two_sizes"], seed=10 + i) for i in range(dp_shard)]
+    base.zero_grad()
+    ref_losses = [loss_fn(base(x, t, ctx), y) for x, t, ctx, y in batches]
+    torch.stack(ref_losses).mean().backward()
+    model = cpmod.apply_context_parallel(copy.deepcopy(base), mesh, kernel=KERNELS["math"]())
+    for block in model.blocks:
+        fully_shard(block, mesh=fsdp_mesh(mesh))
+    fully_shard(model, mesh=fsdp_mesh(mesh))
+    rank, size = dp_rank_world(mesh)
+    assert size == dp_shard
+    x, t, ctx, y = batches[rank]
+    loss = loss_fn(model(x, t, ctx), y)
+    _close(f"dp rank {rank}: loss", loss.detach(), ref_losses[rank].detach())
+    (loss * cpmod.cp_loss_scale(mesh)).backward()
+    for (name, p), (_, pr) in zip(model.named_parameters(), base.named_parameters()):
+        _close(f"FSDP grad {name}", p.grad.full_tensor(), pr.grad)
+
+
 def suite_case(cases: list[tuple[str, dict]]) -> None:
     """Several cases in one set of processes (starting processes is the slow part)."""
     for name, kwargs in cases:
         CASES[name](**kwargs)
 
 
-CASES = {"attention": attention_case, "model": model_case, "suite": suite_case}
+CASES = {"attention": attention_case, "model": model_case, "fsdp": fsdp_case, "suite": suite_case}
 
 
 def run_spawned(world: int, tmp_path, case: str, **kwargs) -> None:

@@ -231,6 +231,9 @@ class _RingAttention(torch.autograd.Function):
         ring = _Ring(ctx.group)
         b, h, lb, d = k.shape
         kv = torch.stack([k, v]).contiguous()
+        if not isinstance(ctx.kernel, MathKernel):
+            out, dout = out.to(q.dtype), dout.to(q.dtype)  # what the fused kernels take, cast once
+        out, dout = out.contiguous(), dout.contiguous()
         dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         dkv = None  # the travelling dK/dV buffer of the block this rank holds
         dkv_reqs = None
