@@ -218,21 +218,18 @@ def sample_mode(mode: str, args, device, latent_shape, backend=None) -> tuple[di
     sigmas = shift * s / (1 + (shift - 1) * s)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=not args.fp32)
 
-    def loop():
+    def loop(steps: int):
         x = noise.clone()
-        for i in range(args.sample_steps):
+        for i in range(steps):
             with torch.no_grad(), amp:
                 v = model([x], sigmas[i:i + 1] * 1000, [text])[0].float()
             x = x + (sigmas[i + 1] - sigmas[i]) * v
         return x
 
-    loop_warm = args.sample_steps
-    args.sample_steps = 1
-    loop()  # warm-up: kernels chosen, memory pools filled
-    args.sample_steps = loop_warm
+    loop(1)  # warm-up: kernels chosen, memory pools filled
     sync(device)
     t0 = time.perf_counter()
-    x = loop()
+    x = loop(args.sample_steps)
     sync(device)
     res = {"seconds": round(time.perf_counter() - t0, 3), "steps": args.sample_steps}
     del model

@@ -165,7 +165,7 @@ class CPSequence(SequenceHooks):
         self._length = None
 
     def enter(self, tokens, rope, k_lens):
-        """[B, L, dim] tokens, [2, B, L, 1, D/2] RoPE, k_lens → this rank's [B, S, dim], its RoPE rows, global k_lens."""
+        """[B, L, dim] tokens, [2, B, L, 1, D/2] RoPE, k_lens → this rank's [B, S, dim], RoPE rows, global k_lens."""
         g = self.groups
         b, length = tokens.shape[:2]
         padded = math.ceil(length / g.size) * g.size
