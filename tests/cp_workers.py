@@ -232,13 +232,29 @@ def fsdp_case(dp_shard: int, ring: int, ulysses: int) -> None:
         _close(f"FSDP grad {name}", p.grad.full_tensor(), pr.grad)
 
 
+def sample_case(ring: int, ulysses: int) -> None:
+    """trainer.sample.generate (CFG, diffusers Euler) with the tiny DiT under CP gives the single-process latents."""
+    from trainer.sample import generate
+
+    base = tiny_model().eval()
+    mesh = cpmod.init_inference_mesh(ulysses, ring, "cpu")
+    cp = cpmod.apply_context_parallel(copy.deepcopy(base), mesh, kernel=KERNELS["math"]())
+    g = torch.Generator().manual_seed(3)
+    ctx, neg = [torch.randn(6, 32, generator=g)], [torch.randn(4, 32, generator=g)]
+    kw = dict(shape=(16, 3, 2, 6), steps=3, guidance=4.0, solver="euler", seed=5, dtype=torch.float32)
+    want = generate(base, ctx, neg, **kw)[0]
+    got = generate(cp, ctx, neg, **kw)[0]
+    _close("sampled latents", got, want)
+
+
 def suite_case(cases: list[tuple[str, dict]]) -> None:
     """Several cases in one set of processes (starting processes is the slow part)."""
     for name, kwargs in cases:
         CASES[name](**kwargs)
 
 
-CASES = {"attention": attention_case, "model": model_case, "fsdp": fsdp_case, "suite": suite_case}
+CASES = {"attention": attention_case, "model": model_case, "fsdp": fsdp_case, "sample": sample_case,
+         "suite": suite_case}
 
 
 def run_spawned(world: int, tmp_path, case: str, **kwargs) -> None:

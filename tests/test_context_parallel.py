@@ -26,6 +26,7 @@ def test_two_processes_ulysses2_and_ring2_are_exact(tmp_path):
         ("attention", dict(ring=2, ulysses=1, kernel="math", length=6, k_lens=None)),
         ("model", dict(ring=1, ulysses=2, shape_names=ALL_SHAPES)),
         ("model", dict(ring=2, ulysses=1, shape_names=ALL_SHAPES)),
+        ("sample", dict(ring=2, ulysses=1)),
     ])
 
 

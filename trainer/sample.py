@@ -3,6 +3,10 @@
     python -m trainer.sample --checkpoint DIR --vae Wan2.1_VAE.pth --text-encoder umt5-xxl \\
         --prompt "a red fox runs through fresh snow" --out fox.mp4          # Wan T2V defaults: 50 steps, shift 5, CFG 5
 
+With context parallelism (the video's tokens sharded over processes; same output, less time per video):
+
+    torchrun --standalone --nproc_per_node 2 -m trainer.sample --ulysses 2 ...   # or --ring 2, or both
+
 `DIR` is a folder in the released layout (config.json + diffusion_pytorch_model*.safetensors: a released Wan2.1 T2V
 checkpoint, or the EMA export of `trainer.train_dit`). The noise is drawn from a CPU generator seeded with --seed, so a
 run is reproducible whatever the device. The scheduler is UniPC (Wan's default solver) or Euler, both from diffusers;
@@ -150,6 +154,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     rw.add_argument("--rewrite-model", default="qwen2.5-7b-instruct", help="registry key or local folder")
     rw.add_argument("--rewrite-language", default="auto", help="auto (each prompt's language), en or zh")
     rw.add_argument("--rewrite-max-new-tokens", type=int, default=256)
+    p.add_argument("--ulysses", type=int, default=1, help="context parallelism: Ulysses degree (under torchrun)")
+    p.add_argument("--ring", type=int, default=1, help="context parallelism: Ring degree (under torchrun)")
     return p.parse_args(argv)
 
 
@@ -193,13 +199,21 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.models.text import load_text_encoder
     from trainer.models.vae.model import load_wan_vae, vae_config
 
+    from trainer.distributed.context_parallel import apply_context_parallel, init_inference_mesh
+
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    mesh = init_inference_mesh(args.ulysses, args.ring, device.type)  # every rank samples the same videos
+    rank = torch.distributed.get_rank() if mesh is not None else 0
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     started = time.monotonic()
     prompts = rewrite_if_asked(args, device)
     model = load_wan_dit(args.checkpoint, dtype=torch.float32, device=device)
     model.train(False).requires_grad_(False)
+    apply_context_parallel(model, mesh)
     vae = load_wan_vae(args.vae, vae_config(args.vae_preset, **_vae_overrides(args.vae_override)), device=device)
     vae.train(False).requires_grad_(False)
     encoder = load_text_encoder(args.text_encoder, device=device)
@@ -213,12 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     latents = generate(model, context, negative, shape, steps=args.steps, shift=args.shift, guidance=args.guidance,
                        solver=args.solver, seed=args.seed, dtype=dtype)
     root, ext = os.path.splitext(args.out)
-    for i, z in enumerate(latents):
+    for i, z in enumerate(latents if rank == 0 else []):  # CP ranks hold the same latents: one writer
         video = vae.decode(z[None].to(device), clamp=True)[0].float()
         path = args.out if len(latents) == 1 else f"{root}-{i}{ext or '.mp4'}"
         write_mp4(video, path, fps=args.fps)
         log.info("wrote %s (%d frames, %dx%d)", path, video.shape[1], video.shape[3], video.shape[2])
     log.info("done in %.1f s", time.monotonic() - started)
+    if mesh is not None:
+        torch.distributed.destroy_process_group()
     return 0
 
 

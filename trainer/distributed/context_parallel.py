@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import torch
 import torch.distributed as dist
@@ -177,6 +178,8 @@ class CPSequence(SequenceHooks):
             rope = torch.cat([rope, pad], dim=2)
             if k_lens is None:
                 k_lens = torch.full((b,), length, dtype=torch.long, device=tokens.device)
+        if k_lens is not None:
+            k_lens = k_lens.cpu()  # read by every attention call to cut key blocks: one device sync here, not 2·layers
         s = padded // g.size
         self._length = length
         lo = g.rank * s
@@ -217,3 +220,22 @@ def apply_context_parallel(model: WanDiT, mesh, parallel=None, *, kernel=None) -
         block.self_attn.attn = CPAttention(groups, local, kernel)
     model.sequence = CPSequence(groups)
     return model
+
+
+def init_inference_mesh(ulysses: int, ring: int, device_type: str):
+    """For sampling with CP under torchrun: join the process group (NCCL on CUDA, gloo on CPU) and build a mesh
+    whose ranks all work on the same videos (world = ulysses × ring). None when both degrees are 1."""
+    from trainer.distributed.mesh import ParallelConfig, build_mesh
+
+    parallel = ParallelConfig(dp_shard=1, ring=ring, ulysses=ulysses)
+    if ring * ulysses == 1:
+        return None
+    if not dist.is_initialized():
+        if "WORLD_SIZE" not in os.environ:
+            raise ValueError(f"ring={ring} × ulysses={ulysses} needs {ring * ulysses} processes: start with "
+                             f"torchrun --nproc_per_node {ring * ulysses}")
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    world = dist.get_world_size()
+    if world != ring * ulysses:
+        raise ValueError(f"sampling runs one CP group: world size {world} != ring×ulysses = {ring}×{ulysses}")
+    return build_mesh(parallel, world, device_type)
