@@ -9,13 +9,14 @@ fp32 master weights, AdamW:
   Ulysses all-to-all or the Ring P2P; all-reduce = the gradient sum; all-gather = the output gather) and the
   effective bandwidth of the CP exchange (bytes this rank sends per step / its kernel time), the constants of the
   communication model in bench/BENCHMARKS.md.
-- sample: seconds per N-step flow-matching denoise loop (Euler, DiT forwards only, no VAE or text encoder) on one
-  GPU vs CP=2, and the CP result's difference from the single-GPU one next to bf16 noise (the same single-GPU loop
+- sample: seconds per N-step denoise loop of trainer.sample.generate (diffusers UniPC, DiT forwards only: no VAE,
+  no text encoder; CFG with --guidance 5) on one GPU vs CP=2, and the CP result's difference from the single-GPU one next to bf16 noise (the same single-GPU loop
   with SDPA's memory-efficient kernel instead of flash).
 
     torchrun --standalone --nproc_per_node 2 bench/cp.py --out bench/_out/cp.json                 # 2 GPUs
     torchrun --standalone --nproc_per_node 2 bench/cp.py --part train --out bench/_out/cp_train.json
     torchrun --standalone --nproc_per_node 2 bench/cp.py --part sample --out bench/_out/cp_sample.json
+    torchrun --standalone --nproc_per_node 2 bench/cp.py --part sample --no-noise-ref --guidance 5 --sample-modes ulysses2
     torchrun --standalone --nproc_per_node 2 bench/cp.py --smoke                                  # CPU, gloo, tiny
 
 Prints one JSON object (rank 0).
@@ -203,7 +204,9 @@ def train_mode(mode: str, args, device, latent_shape) -> dict:
 
 
 def sample_mode(mode: str, args, device, latent_shape, backend=None) -> tuple[dict, torch.Tensor]:
-    """N Euler steps of the flow ODE with the DiT (bf16, no grad): seconds per loop and the final latent."""
+    """trainer.sample.generate (diffusers UniPC, shift 5; CFG when --guidance != 1), DiT only: seconds, latents."""
+    from trainer.sample import generate
+
     parallel = MODES[mode]
     mesh = build_mesh(parallel, dist.get_world_size(), device.type) if parallel else None
     cfg = PRESETS[args.preset]
@@ -212,26 +215,20 @@ def sample_mode(mode: str, args, device, latent_shape, backend=None) -> tuple[di
         for block in model.blocks:
             block.self_attn.attn.backends = [backend]
     cpmod.apply_context_parallel(model, mesh, parallel)
-    x0, noise, text = inputs(latent_shape, cfg.text_dim, args.text_tokens, device)
-    shift = 5.0  # Wan's sampling shift at 720p
-    s = torch.linspace(1.0, 0.0, args.sample_steps + 1, device=device)
-    sigmas = shift * s / (1 + (shift - 1) * s)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=not args.fp32)
+    _, _, text = inputs(latent_shape, cfg.text_dim, args.text_tokens, device)
+    negative = [text.flip(0)] if args.guidance != 1.0 else None
+    dtype = torch.float32 if args.fp32 else torch.bfloat16
 
-    def loop(steps: int):
-        x = noise.clone()
-        for i in range(steps):
-            with torch.no_grad(), amp:
-                v = model([x], sigmas[i:i + 1] * 1000, [text])[0].float()
-            x = x + (sigmas[i + 1] - sigmas[i]) * v
-        return x
+    def run(steps: int):
+        return generate(model, [text], negative, latent_shape, steps=steps, shift=5.0, guidance=args.guidance,
+                        solver="unipc", seed=0, dtype=dtype)[0]
 
-    loop(1)  # warm-up: kernels chosen, memory pools filled
+    run(2)  # warm-up: kernels chosen, memory pools filled
     sync(device)
     t0 = time.perf_counter()
-    x = loop(args.sample_steps)
+    x = run(args.sample_steps)
     sync(device)
-    res = {"seconds": round(time.perf_counter() - t0, 3), "steps": args.sample_steps}
+    res = {"seconds": round(time.perf_counter() - t0, 3), "steps": args.sample_steps, "guidance": args.guidance}
     del model
     gc.collect()
     if device.type == "cuda":
@@ -323,6 +320,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--sample-steps", type=int, default=50)
     p.add_argument("--sample-modes", default="ulysses2,ring2")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="CFG scale for the sampling part (1: one DiT forward per step; 5: Wan's, two)")
     p.add_argument("--noise-ref", action=argparse.BooleanOptionalAction, default=True,
                    help="also sample on one GPU with SDPA's efficient kernel: the size of bf16 noise")
     p.add_argument("--text-tokens", type=int, default=128)
