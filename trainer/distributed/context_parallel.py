@@ -23,8 +23,9 @@ group; across data-parallel ranks (different samples) it is the MEAN, as usual:
 - Without FSDP: `reduce_gradients(model, mesh)` after backward (one all-reduce over the world, divided by DP).
 - With FSDP2 sharded over the flattened ("dp_shard", "ring", "ulysses") mesh ("dp_shard_cp", mesh.fsdp_mesh), FSDP's
   reduce-scatter averages over DP·C ranks (and HSDP's all-reduce over dp_replicate): multiply the loss by C before
-  backward (`loss * cp_loss_scale(mesh)`) and that mean becomes Σ_cp / DP. (Alternatively set FSDP's gradient divide
-  factor to DP.) The logged loss is the unscaled one.
+  backward (`loss * cp_loss_scale(mesh)`) and that mean becomes Σ_cp / DP; or, without touching the loss, set FSDP's
+  divide factor to DP after fully_shard (`set_fsdp_cp_divide_factor(model, mesh)`). Either way the logged loss is
+  the unscaled one.
 """
 
 from __future__ import annotations
@@ -95,6 +96,26 @@ def cp_size(mesh) -> int:
 def cp_loss_scale(mesh) -> int:
     """What to multiply the loss by before backward under FSDP over dp_shard×cp: the CP degree (see module doc)."""
     return cp_size(mesh)
+
+
+def set_fsdp_cp_divide_factor(model: nn.Module, mesh) -> None:
+    """Under FSDP2 over dp_shard×cp (call after fully_shard): FSDP's gradient reduction becomes Σ_cp / DP.
+
+    FSDP divides the summed gradients by its group size DP·C by default; dividing by DP instead is the CP gradient
+    rule without touching the loss. gloo has no pre-multiplied sum, so there the division runs after a plain sum.
+    """
+    c = cp_size(mesh)
+    if c == 1:
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    dp = float(dp_rank_world(mesh)[1])
+    gloo = dist.get_backend() == "gloo"
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.set_gradient_divide_factor(dp)
+            if gloo:
+                m.set_force_sum_reduction_for_comms(True)
 
 
 @torch.no_grad()
