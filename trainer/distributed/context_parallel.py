@@ -80,9 +80,13 @@ def cp_groups(mesh) -> CPGroups | None:
         cp_mesh = submesh(mesh, "cp")  # build_mesh flattened it already
     except (KeyError, ValueError, RuntimeError):
         cp_mesh = mesh["ring", "ulysses"]._flatten("cp")
-    return CPGroups(ring=ring, ulysses=uly, ring_rank=mesh.get_local_rank("ring"),
-                    ulysses_rank=mesh.get_local_rank("ulysses"), ring_group=mesh.get_group("ring"),
-                    ulysses_group=mesh.get_group("ulysses"), cp_group=cp_mesh.get_group())
+    groups = CPGroups(ring=ring, ulysses=uly, ring_rank=mesh.get_local_rank("ring"),
+                      ulysses_rank=mesh.get_local_rank("ulysses"), ring_group=mesh.get_group("ring"),
+                      ulysses_group=mesh.get_group("ulysses"), cp_group=cp_mesh.get_group())
+    if dist.get_rank(groups.cp_group) != groups.rank:  # the output gather relies on shard index = rank in cp_group
+        raise RuntimeError(f"CP group rank {dist.get_rank(groups.cp_group)} != ring_rank·U + ulysses_rank "
+                           f"{groups.rank}: unexpected mesh layout")
+    return groups
 
 
 def cp_size(mesh) -> int:

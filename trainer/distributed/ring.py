@@ -41,20 +41,22 @@ class MathKernel:
 
     def forward(self, q, k, v, scale):
         """(out fp32, lse fp32, meta=None)."""
-        s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
-        lse = torch.logsumexp(s, dim=-1)
-        out = torch.matmul(torch.exp(s - lse[..., None]), v.float())
+        with torch.autocast(q.device.type, enabled=False):  # fp32 means fp32, even inside a bf16 autocast region
+            s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+            lse = torch.logsumexp(s, dim=-1)
+            out = torch.matmul(torch.exp(s - lse[..., None]), v.float())
         return out, lse, None
 
     def backward(self, dout, q, k, v, out, lse, scale, meta):
         """(dq, dk, dv) of this block, in fp32."""
-        qf, kf, vf, dof = q.float(), k.float(), v.float(), dout.float()
-        p = torch.exp(torch.matmul(qf, kf.transpose(-1, -2)) * scale - lse[..., None])
-        dv = torch.matmul(p.transpose(-1, -2), dof)
-        dp = torch.matmul(dof, vf.transpose(-1, -2))
-        delta = (dof * out.float()).sum(-1, keepdim=True)
-        ds = p * (dp - delta)
-        return torch.matmul(ds, kf) * scale, torch.matmul(ds.transpose(-1, -2), qf) * scale, dv
+        with torch.autocast(q.device.type, enabled=False):
+            qf, kf, vf, dof = q.float(), k.float(), v.float(), dout.float()
+            p = torch.exp(torch.matmul(qf, kf.transpose(-1, -2)) * scale - lse[..., None])
+            dv = torch.matmul(p.transpose(-1, -2), dof)
+            dp = torch.matmul(dof, vf.transpose(-1, -2))
+            delta = (dof * out.float()).sum(-1, keepdim=True)
+            ds = p * (dp - delta)
+            return torch.matmul(ds, kf) * scale, torch.matmul(ds.transpose(-1, -2), qf) * scale, dv
 
 
 class FlashKernel:
