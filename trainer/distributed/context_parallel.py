@@ -33,12 +33,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from trainer.distributed.mesh import dp_rank_world, submesh
+from trainer.distributed.mesh import dp_rank_world
 from trainer.distributed.ring import RingAttention
 from trainer.distributed.ulysses import UlyssesAttention, check_heads
 from trainer.models.dit.model import SequenceHooks, WanDiT
@@ -77,7 +78,10 @@ def cp_groups(mesh) -> CPGroups | None:
     if ring * uly == 1:
         return None
     try:
-        cp_mesh = submesh(mesh, "cp")  # build_mesh flattened it already
+        with warnings.catch_warnings():
+            # torch >= 2.10 warns that slicing a flattened dim off the root mesh will change; it works there.
+            warnings.filterwarnings("ignore", message=".*flatten.*")
+            cp_mesh = mesh["cp"]  # build_mesh flattened ring × ulysses already
     except (KeyError, ValueError, RuntimeError):
         cp_mesh = mesh["ring", "ulysses"]._flatten("cp")
     groups = CPGroups(ring=ring, ulysses=uly, ring_rank=mesh.get_local_rank("ring"),
