@@ -195,11 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point: text → latents → VAE decode → mp4."""
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from trainer.distributed.context_parallel import apply_context_parallel, init_inference_mesh
     from trainer.models.dit.weights import load_wan_dit
     from trainer.models.text import load_text_encoder
     from trainer.models.vae.model import load_wan_vae, vae_config
-
-    from trainer.distributed.context_parallel import apply_context_parallel, init_inference_mesh
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
