@@ -142,3 +142,46 @@ def test_flash_block_kernel_matches_math_on_gpu():
             outs[name] = (o.float(), lse, *grads)
         for a, b in zip(outs["flash"], outs["math"]):
             torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.slow
+def test_sample_cli_with_ulysses2_writes_the_video_of_one_process(tmp_path):
+    """`torchrun --nproc_per_node 2 -m trainer.sample --ulysses 2` (gloo, fp32) writes the video one process writes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import av
+    from safetensors.torch import save_file
+
+    from trainer.models.dit.weights import save_wan_dit
+    from trainer.models.vae.model import WanVAE, vae_config
+
+    root = Path(__file__).resolve().parents[1]
+    torch.manual_seed(0)
+    dit = WanDiT(dim=32, ffn_dim=64, freq_dim=32, text_dim=384, in_dim=4, out_dim=4, num_heads=4, num_layers=2,
+                 text_len=32)
+    torch.nn.init.normal_(dit.head.head.weight, std=0.1)  # the released init zeroes it: the video would be blank
+    save_wan_dit(dit.state_dict(), dit.config, str(tmp_path / "dit"))
+    save_file(WanVAE(vae_config("tiny")).state_dict(), str(tmp_path / "vae.safetensors"))
+    args = ["-m", "trainer.sample", "--checkpoint", str(tmp_path / "dit"), "--vae", str(tmp_path / "vae.safetensors"),
+            "--vae-preset", "tiny", "--text-encoder", "minilm-l6-v2", "--prompt", "a red fox runs through snow",
+            "--negative-prompt", "blurry", "--frames", "5", "--height", "32", "--width", "48", "--steps", "3",
+            "--solver", "euler", "--device", "cpu", "--precision", "fp32"]
+    env = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one.mp4")], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          *args, "--ulysses", "2", "--out", str(tmp_path / "two.mp4")], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    def frames(path):
+        with av.open(str(path)) as c:
+            return torch.stack([torch.from_numpy(f.to_ndarray(format="rgb24")) for f in c.decode(video=0)])
+
+    a, b = frames(tmp_path / "one.mp4"), frames(tmp_path / "two.mp4")
+    assert a.shape == b.shape and a.shape[0] == 5
+    assert (a.int() - b.int()).abs().max() <= 2  # the same latents up to fp32 rounding, then 8-bit video
