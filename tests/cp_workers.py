@@ -205,9 +205,9 @@ def model_case(ring: int, ulysses: int, shape_names: list[str], steps: int = 2) 
 
 
 def fsdp_case(dp_shard: int, ring: int, ulysses: int) -> None:
-    """FSDP2 over dp_shard×cp, with the loss scaled by the CP degree or with FSDP's divide factor set to DP: every
-    gradient equals one process's gradient of the mean loss over the data-parallel ranks' samples (the rule in
-    context_parallel's docstring)."""
+    """FSDP2 over dp_shard×cp, the loop unchanged (the CP hooks set FSDP's divide factor to DP at the first forward):
+    every gradient equals one process's gradient of the mean loss over the data-parallel ranks' samples (the rule in
+    context_parallel's docstring); calling set_fsdp_cp_divide_factor explicitly as well changes nothing."""
     from torch.distributed.fsdp import fully_shard
 
     from trainer.distributed.mesh import dp_rank_world, fsdp_mesh
@@ -221,19 +221,19 @@ def fsdp_case(dp_shard: int, ring: int, ulysses: int) -> None:
     torch.stack(ref_losses).mean().backward()
     rank, size = dp_rank_world(mesh)
     assert size == dp_shard
-    for method in ("loss_scale", "divide_factor"):
+    for explicit in (False, True):
         model = cpmod.apply_context_parallel(copy.deepcopy(base), mesh, kernel=KERNELS["math"]())
         for block in model.blocks:
             fully_shard(block, mesh=fsdp_mesh(mesh))
         fully_shard(model, mesh=fsdp_mesh(mesh))
-        if method == "divide_factor":
+        if explicit:
             cpmod.set_fsdp_cp_divide_factor(model, mesh)
         x, t, ctx, y = batches[rank]
         loss = loss_fn(model(x, t, ctx), y)
         _close(f"dp rank {rank}: loss", loss.detach(), ref_losses[rank].detach())
-        (loss * cpmod.cp_loss_scale(mesh) if method == "loss_scale" else loss).backward()
+        loss.backward()
         for (name, p), (_, pr) in zip(model.named_parameters(), base.named_parameters()):
-            _close(f"FSDP ({method}) grad {name}", p.grad.full_tensor(), pr.grad)
+            _close(f"FSDP (explicit={explicit}) grad {name}", p.grad.full_tensor(), pr.grad)
 
 
 def sample_case(ring: int, ulysses: int) -> None:

@@ -22,10 +22,10 @@ group; across data-parallel ranks (different samples) it is the MEAN, as usual:
 
 - Without FSDP: `reduce_gradients(model, mesh)` after backward (one all-reduce over the world, divided by DP).
 - With FSDP2 sharded over the flattened ("dp_shard", "ring", "ulysses") mesh ("dp_shard_cp", mesh.fsdp_mesh), FSDP's
-  reduce-scatter averages over DP·C ranks (and HSDP's all-reduce over dp_replicate): multiply the loss by C before
-  backward (`loss * cp_loss_scale(mesh)`) and that mean becomes Σ_cp / DP; or, without touching the loss, set FSDP's
-  divide factor to DP after fully_shard (`set_fsdp_cp_divide_factor(model, mesh)`). Either way the logged loss is
-  the unscaled one.
+  reduce-scatter averages over DP·C ranks (and HSDP's all-reduce over dp_replicate) by default; dividing the sum by
+  DP instead is exactly the rule. `set_fsdp_cp_divide_factor(model, mesh)` does that, and the model's CP sequence
+  hooks call it at the first forward when the model has been fully_shard-ed (CP is applied before FSDP, so it
+  cannot be done earlier), so a training loop needs no change: do NOT also scale the loss.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import dataclasses
 import math
 import os
 import warnings
+import weakref
 
 import torch
 import torch.distributed as dist
@@ -99,11 +100,6 @@ def cp_size(mesh) -> int:
         return 1
     names = mesh.mesh_dim_names
     return (mesh["ring"].size() if "ring" in names else 1) * (mesh["ulysses"].size() if "ulysses" in names else 1)
-
-
-def cp_loss_scale(mesh) -> int:
-    """What to multiply the loss by before backward under FSDP over dp_shard×cp: the CP degree (see module doc)."""
-    return cp_size(mesh)
 
 
 def set_fsdp_cp_divide_factor(model: nn.Module, mesh) -> None:
@@ -188,14 +184,26 @@ class _GatherSequence(torch.autograd.Function):
 
 
 class CPSequence(SequenceHooks):
-    """Pads the tokens to a multiple of the CP degree, keeps this rank's shard (and RoPE rows), gathers the output."""
+    """Pads the tokens to a multiple of the CP degree, keeps this rank's shard (and RoPE rows), gathers the output.
 
-    def __init__(self, groups: CPGroups):
+    At the first forward it also applies the gradient rule to FSDP2, if the model has been sharded since
+    (set_fsdp_cp_divide_factor): CP is applied before FSDP, so this is the first moment both exist.
+    """
+
+    def __init__(self, groups: CPGroups, model: nn.Module | None = None, mesh=None):
         self.groups = groups
         self._length = None
+        self._model = weakref.ref(model) if model is not None else None  # no reference cycle through model.sequence
+        self._mesh = mesh
+        self._fsdp_ready = model is None
 
     def enter(self, tokens, rope, k_lens):
         """[B, L, dim] tokens, [2, B, L, 1, D/2] RoPE, k_lens → this rank's [B, S, dim], RoPE rows, global k_lens."""
+        if not self._fsdp_ready:
+            model = self._model()
+            if model is not None:
+                set_fsdp_cp_divide_factor(model, self._mesh)  # a no-op without FSDP
+            self._fsdp_ready = True
         g = self.groups
         b, length = tokens.shape[:2]
         padded = math.ceil(length / g.size) * g.size
@@ -247,7 +255,7 @@ def apply_context_parallel(model: WanDiT, mesh, parallel=None, *, kernel=None) -
         if isinstance(local, CPAttention):
             raise ValueError("apply_context_parallel was already applied to this model")
         block.self_attn.attn = CPAttention(groups, local, kernel)
-    model.sequence = CPSequence(groups)
+    model.sequence = CPSequence(groups, model, mesh)
     return model
 
 
