@@ -666,7 +666,7 @@ def scenario_driver_kill(work: Path, inputs: list[Path], config: Path, after_par
     rep.update(
         exited_before_kill=exited_early,
         parts_before_kill=len([f for f in part_files(out / "samples")
-                               if f.name not in rep.get("files_written_this_run", [])]),
+                               if os.path.basename(f) not in rep.get("files_written_this_run", [])]),
         finished_before_kill=len(finished),
         started_before_kill=len(first),
         # Sources the second run started again although the first had finished them (must be 0) ...
