@@ -44,7 +44,15 @@ from trainer.distributed.mesh import ParallelConfig, build_mesh  # noqa: E402
 from trainer.models.dit.model import PRESETS, WanDiT  # noqa: E402
 
 GiB = 1024**3
-MODES = {"single": None, "ulysses2": ParallelConfig(ulysses=2), "ring2": ParallelConfig(ring=2)}
+MODES = {"single": None, "ulysses2": ParallelConfig(ulysses=2), "ring2": ParallelConfig(ring=2),
+         "ring2_flash": ParallelConfig(ring=2)}
+
+
+def ring_kernel(mode: str):
+    """Ring's block kernel for a mode: `<mode>_flash` pins torch's flash ops; otherwise the device default (cuDNN)."""
+    from trainer.distributed.ring import FlashKernel
+
+    return FlashKernel() if mode.endswith("_flash") else None
 
 
 def log(msg: str) -> None:
@@ -143,7 +151,7 @@ def train_mode(mode: str, args, device, latent_shape) -> dict:
     mesh = build_mesh(parallel, dist.get_world_size(), device.type) if parallel else None
     cfg = PRESETS[args.preset]
     model = build_model(args.preset, device)
-    cpmod.apply_context_parallel(model, mesh, parallel)
+    cpmod.apply_context_parallel(model, mesh, parallel, kernel=ring_kernel(mode))
     checkpoint_blocks(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
     x0, noise, text = inputs(latent_shape, cfg.text_dim, args.text_tokens, device)
@@ -214,7 +222,7 @@ def sample_mode(mode: str, args, device, latent_shape, backend=None) -> tuple[di
     if backend is not None:
         for block in model.blocks:
             block.self_attn.attn.backends = [backend]
-    cpmod.apply_context_parallel(model, mesh, parallel)
+    cpmod.apply_context_parallel(model, mesh, parallel, kernel=ring_kernel(mode))
     _, _, text = inputs(latent_shape, cfg.text_dim, args.text_tokens, device)
     negative = [text.flip(0)] if args.guidance != 1.0 else None
     dtype = torch.float32 if args.fp32 else torch.bfloat16

@@ -124,23 +124,24 @@ def test_valid_keys_by_global_position():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_flash_block_kernel_matches_math_on_gpu():
-    """The CUDA flash block kernel (bf16) gives the exact fp32 kernel's output, log-sum-exp and gradients, to bf16
-    precision, including a block cut to each sample's valid keys and the global-out/lse backward."""
-    from trainer.distributed.ring import FlashKernel, _block_backward, _block_forward
+@pytest.mark.parametrize("fused", ["flash", "cudnn"])
+def test_fused_block_kernels_match_math_on_gpu(fused):
+    """The CUDA block kernels (bf16: flash, cuDNN) give the exact fp32 kernel's output, log-sum-exp and gradients, to
+    bf16 precision, including a block cut to each sample's valid keys and the global-out/lse backward."""
+    from trainer.distributed.ring import KERNELS, _block_backward, _block_forward
 
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v, dout = (torch.randn(2, 4, 256, 64, generator=g, device="cuda") for _ in range(4))
     scale = 64 ** -0.5
     for valid in ([256, 256], [100, 256]):
         outs = {}
-        for name, kern in (("math", MathKernel()), ("flash", FlashKernel())):
+        for name, kern in (("math", MathKernel()), (fused, KERNELS[fused]())):
             qb, kb, vb = (t.bfloat16() for t in (q, k, v))
             o, lse, metas = _block_forward(kern, qb, kb, vb, scale, valid)
-            grads = _block_backward(kern, dout.bfloat16() if name == "flash" else dout, qb, kb, vb,
-                                    o.bfloat16() if name == "flash" else o, lse, scale, valid, metas)
+            grads = _block_backward(kern, dout.bfloat16() if name == fused else dout, qb, kb, vb,
+                                    o.bfloat16() if name == fused else o, lse, scale, valid, metas)
             outs[name] = (o.float(), lse, *grads)
-        for a, b in zip(outs["flash"], outs["math"]):
+        for a, b in zip(outs[fused], outs["math"]):
             torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
 
 
