@@ -1,6 +1,6 @@
 """report.html as a person sees it: rendered by headless Chromium (Debian's, driven through the DevTools protocol by
-Playwright), screenshotted, with no console error, every preview decoded by the browser, looping previews for
-video rows, near-duplicate pairs, OCR text on cards and no `nan` anywhere. `make setup` installs Chromium."""
+Playwright, in a child process with a deadline: tests/browser.py), screenshotted, with no console error, every
+preview decoded by the browser, looping previews for video rows, near-duplicate pairs, OCR text on cards and no `nan` anywhere. `make setup` installs Chromium."""
 
 from __future__ import annotations
 
@@ -18,32 +18,15 @@ from PIL import Image
 
 from curation.report import build_report, fmt_num
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
 
 def render(html: Path, png: Path, width: int = 1400) -> dict:
-    """Open `html` in headless Chromium with a fresh profile; save a full-page screenshot to `png`; return the
-    console errors, uncaught page errors, images and how many of them the browser could not decode."""
-    from playwright.sync_api import sync_playwright
+    """Render in headless Chromium (a killable child process: tests/browser.py); fail the test if it cannot."""
+    from tests.browser import render as browser_render
 
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make setup` installs Debian's chromium")
-    errors: list[str] = []
-    with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=FLAGS,
-                                                   viewport={"width": width, "height": 900})
-        try:
-            page = ctx.new_page()
-            page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-            page.goto(html.resolve().as_uri(), wait_until="load")
-            page.screenshot(path=str(png), full_page=True)
-            images = page.evaluate("Array.from(document.images).map(i => [i.naturalWidth, i.naturalHeight])")
-        finally:
-            ctx.close()
-    return {"errors": errors, "images": images, "undecoded": sum(1 for w, h in images if not w or not h)}
+    try:
+        return browser_render(html, png, width)
+    except RuntimeError as e:
+        pytest.fail(str(e))
 
 
 def _data_uris(text: str, kind: str) -> list[bytes]:
