@@ -162,7 +162,8 @@ def run_scorer(args: argparse.Namespace) -> int:
     """Dispatch `curation scorer ...`."""
     if args.scorer_cmd == "sample":
         out = sample_annotations(args.manifest, args.n, args.out, args.seed, args.include_rejected)
-        print(f"wrote {out}: fill the `score` column with 1-5, then `curation scorer train --annotations {out}`")
+        print(f"wrote {out}: label it on a local page with `curation label {args.manifest}` (or fill its `score` "
+              f"column with 1-5 by hand), then `curation scorer train --annotations` on the labels")
         return 0
     if args.scorer_cmd == "train":
         path, metrics = train_scorer(args.annotations, args.manifest, args.out, args.model_dir, args.pca_dim,

@@ -117,6 +117,34 @@ def test_token_and_host_checks():
     assert not any(host_allowed(h) for h in (None, "", "evil.example:8765", "127.0.0.1.evil.example", "[::2]:80"))
 
 
+def _get(url: str, **headers: str) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_server_requires_its_token_on_every_request(tmp_path):
+    """A server with a token answers 401 to the page, the API and previews without it (rows need no media here)."""
+    out = tmp_path / "out"
+    (out / "samples").mkdir(parents=True)
+    pd.DataFrame({"sample_id": ["a", "b"], "source_uri": ["/nowhere/a.jpg", "/nowhere/b.jpg"],
+                  "media_type": "image", "status": "kept"}).to_parquet(out / "samples" / "part-00000.parquet")
+    ann = out / "annotation" / "annotations.parquet"
+    ann.parent.mkdir()
+    pd.DataFrame({"sample_id": ["a", "b"], "score": pd.array([None, None], dtype="Int64"),
+                  "manifest": str(out)}).to_parquet(ann)
+    with LabelServer(LabelApp(ann, token="t0ken"), "127.0.0.1", 0) as server:
+        base = server.url.split("?")[0]
+        assert server.url.endswith("/?token=t0ken")
+        for path in ("", "api/items", "api/state", "preview/0", "static/label.js"):
+            assert _get(base + path) == 401, path
+            assert _get(base + path + "?token=t0kem") == 401, path
+        assert _get(base + "?token=t0ken") == 200 and _get(base + "api/items", Authorization="Bearer t0ken") == 200
+        assert _get(base + "preview/0?token=t0ken") == 404  # no media: no preview, said plainly
+
+
 # -- a small run output, labelled in Chromium -------------------------------------------------------------------------
 
 

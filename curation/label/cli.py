@@ -28,6 +28,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; labels are on disk as they are made, so stopping loses nothing."""
+    from curation.manifest import require_output
+
+    if args.annotations is None:
+        require_output(args.output, "label")  # a mistyped OUT: one clear message
     annotations = args.annotations or args.output / "annotation" / "annotations.parquet"
     token = args.token
     if args.host not in LOOPBACK and not token:

@@ -290,7 +290,12 @@ class LabelServer:
     @property
     def url(self) -> str:
         """The page's URL (with the token when there is one)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):  # every address: name the machine, as a colleague would reach it
+            import socket
+
+            host = socket.gethostname()
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/" + (f"?token={self.app.token}" if self.app.token else "")
 
     def start(self, timeout_s: float = 30.0) -> "LabelServer":
