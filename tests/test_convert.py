@@ -111,7 +111,8 @@ def test_laion_watermark_conversion_and_detector(laion_files, tmp_path, small_in
     got = LaionWatermark(d / "laion_watermark.safetensors").predict(frames)
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
     x = torch.nn.functional.interpolate(x, size=(small_input, small_input), mode="bilinear", antialias=True)
-    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = (x - mean) / std
     with torch.no_grad():
         want = torch.softmax(model(x), 1)[:, 0].numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
@@ -123,7 +124,8 @@ def test_laion_watermark_conversion_and_detector(laion_files, tmp_path, small_in
         convert_laion_watermark(tmp_path / "partial.pt", tmp_path / "o.safetensors")
 
 
-def test_watermark_operator_combines_detector_and_overlay_by_max(laion_files, tmp_path, monkeypatch, small_input):
+def test_watermark_operator_combines_detector_and_overlay_by_max(laion_files, tmp_path, monkeypatch,
+                                                                 small_input):
     from operators.watermark import WatermarkDetector
 
     d, _, _ = laion_files

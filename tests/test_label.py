@@ -24,6 +24,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--dis
          "--disable-component-update", "--disable-sync"]
 EVIL_NAME = '<img src=x onerror="window.pwned=1">.jpg'
 EVIL_OCR = "<script>window.pwned=2</script> & <b>bold</b>"
+WAIT_MS = 60_000  # bound on every browser wait: generous for a loaded 2-core machine, finite so nothing hangs
 
 
 # -- the store -------------------------------------------------------------------------------------------------------
@@ -118,7 +119,7 @@ def test_token_and_host_checks():
 
 def _get(url: str, **headers: str) -> int:
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
             return r.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -220,15 +221,15 @@ def test_label_page_end_to_end_in_chromium(tmp_path):
         # the server refuses a foreign Host header (DNS rebinding) and a form post
         req = urllib.request.Request(server.url + "api/items", headers={"Host": "evil.example"})
         with pytest.raises(urllib.error.HTTPError, match="403"):
-            urllib.request.urlopen(req, timeout=10)
+            urllib.request.urlopen(req, timeout=30)
         req = urllib.request.Request(server.url + "api/label", data=b"score=1", method="POST")
         with pytest.raises(urllib.error.HTTPError, match="400"):
-            urllib.request.urlopen(req, timeout=10)
+            urllib.request.urlopen(req, timeout=30)
 
         with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
             ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=FLAGS,
                                                        viewport={"width": 1280, "height": 900})
-            ctx.set_default_timeout(30_000)
+            ctx.set_default_timeout(WAIT_MS)
             try:
                 page = ctx.new_page()
                 page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
@@ -237,32 +238,34 @@ def test_label_page_end_to_end_in_chromium(tmp_path):
                 page.goto(server.url)
                 page.fill("#annotator", "alice")
                 page.keyboard.press("Enter")
-                expect(page.locator("#progress")).to_have_text(f"0 / {n}")
-                expect(page.locator("#preview")).to_have_js_property("complete", True)
+                expect(page.locator("#progress")).to_have_text(f"0 / {n}", timeout=WAIT_MS)
+                expect(page.locator("#preview")).to_have_js_property("complete", True, timeout=WAIT_MS)
                 assert page.eval_on_selector("#preview", "i => i.naturalWidth") > 0
                 page.screenshot(path=str(tmp_path / "label.png"))
                 scores = [5, 4, 3, 2, 1, 5, 4, 3, 2, 1]
                 for k, s in enumerate(scores):
                     page.keyboard.press(str(s))
-                    expect(page.locator("#progress")).to_have_text(f"{k + 1} / {n}")
+                    expect(page.locator("#progress")).to_have_text(f"{k + 1} / {n}", timeout=WAIT_MS)
                 page.keyboard.press("u")  # undo the tenth: back on it, unlabelled
-                expect(page.locator("#progress")).to_have_text(f"9 / {n}")
-                expect(page.locator("#meta")).to_contain_text("#10 ")
+                expect(page.locator("#progress")).to_have_text(f"9 / {n}", timeout=WAIT_MS)
+                expect(page.locator("#meta")).to_contain_text("#10 ", timeout=WAIT_MS)
 
                 page.reload()
                 page.fill("#annotator", "alice")
                 page.click("#begin")
-                expect(page.locator("#progress")).to_have_text(f"9 / {n}")
-                expect(page.locator("#meta")).to_contain_text("#10 ")  # resumes at the first unlabelled row
+                expect(page.locator("#progress")).to_have_text(f"9 / {n}", timeout=WAIT_MS)
+                # resumes at the first unlabelled row
+                expect(page.locator("#meta")).to_contain_text("#10 ", timeout=WAIT_MS)
                 page.keyboard.press("ArrowLeft")
-                expect(page.locator("#buttons button.current")).to_have_text("2 poor")  # the ninth row's label
+                # the ninth row shows its label
+                expect(page.locator("#buttons button.current")).to_have_text("2 poor", timeout=WAIT_MS)
 
                 # the hostile file name and OCR text are shown as text, and nothing of them ran
                 step = evil["index"] - 8  # from the ninth row to the one with the hostile name
                 for _ in range(abs(step)):
                     page.keyboard.press("ArrowRight" if step > 0 else "ArrowLeft")
-                expect(page.locator("#name")).to_have_text(EVIL_NAME)
-                expect(page.locator("#ocr")).to_have_text(EVIL_OCR)
+                expect(page.locator("#name")).to_have_text(EVIL_NAME, timeout=WAIT_MS)
+                expect(page.locator("#ocr")).to_have_text(EVIL_OCR, timeout=WAIT_MS)
                 shutil.copy(tmp_path / "label.png", Path(tempfile.gettempdir()) / "curation-label-page.png")
                 page.screenshot(path=str(Path(tempfile.gettempdir()) / "curation-label-hostile.png"))
                 assert page.evaluate("window.pwned") is None

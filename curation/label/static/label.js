@@ -125,7 +125,7 @@ function firstUnlabelled() {
 
 async function begin() {
   const name = $("annotator").value.trim();
-  if (!/^[\w .@-]{1,64}$/u.test(name)) {
+  if (!/^[\p{L}\p{N}_ .@-]{1,64}$/u.test(name)) {  // the server's rule (Python \w: letters, digits, _)
     text($("start-error"), "1-64 letters, digits, spaces or _ . @ -");
     return;
   }
