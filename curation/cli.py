@@ -172,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decide_parser(sub)
     _add_optional(sub, "curation.heads_cli")
     _add_optional(sub, "captioner.cli")  # visual-text make, rewrite
+    _add_optional(sub, "curation.label.cli")  # label OUT: the labelling page
     return p
 
 

@@ -162,7 +162,8 @@ def run_scorer(args: argparse.Namespace) -> int:
     """Dispatch `curation scorer ...`."""
     if args.scorer_cmd == "sample":
         out = sample_annotations(args.manifest, args.n, args.out, args.seed, args.include_rejected)
-        print(f"wrote {out}: fill the `score` column with 1-5, then `curation scorer train --annotations {out}`")
+        print(f"wrote {out}: label it on a local page with `curation label {args.manifest}` (or fill its `score` "
+              f"column with 1-5 by hand), then `curation scorer train --annotations` on the labels")
         return 0
     if args.scorer_cmd == "train":
         path, metrics = train_scorer(args.annotations, args.manifest, args.out, args.model_dir, args.pca_dim,
@@ -301,6 +302,13 @@ def train_scorer(annotations: Path, manifest: Path | None = None, out: Path | No
                                   "--manifest OUT")
         manifest = Path(ann["manifest"].dropna().iloc[0])
     ann = ann[ann["score"].notna()]
+    people: dict[str, Any] = {}
+    if "annotator" in ann.columns and len(ann):  # long form from `curation label`: one row per annotator and row
+        from curation.label.agreement import combine, summary
+
+        people = summary(ann)
+        ann, people["combine"] = combine(ann)
+        log.info("annotators %s; %s", people["annotators"], people["combine"])
     if not len(ann):
         raise AnnotationError(f"{annotations}: none of its {total} rows has a `score` yet: fill the `score` column "
                               "with 1-5 for the rows you judged, then train")
@@ -320,6 +328,10 @@ def train_scorer(annotations: Path, manifest: Path | None = None, out: Path | No
                               "needs at least 8 (a few hundred to be useful)")
     rows = df.drop(columns=["score"]).to_dict("records")
     model, metrics = fit_scorer(rows, df["score"].astype(int).to_numpy(), pca_dim=pca_dim, seed=seed)
+    if people:
+        metrics = {**metrics, "annotators": people["annotators"], "agreement": people["pairs"],
+                   "combine": people["combine"]}
+        model.meta["metrics"] = metrics
     model.meta["annotations"] = str(Path(annotations).resolve())
     path = Path(out or models.model_dir(model_dir) / "quality-scorer" / "quality_scorer.safetensors")
     save_scorer(path, model)

@@ -51,6 +51,10 @@ class ModelSpec:
     how_to_get: str = ""
     description: str = ""
     hf_repo: str | None = None  # for open_clip entries: the HF repo its pretrained cfg points at
+    git_blob_sha1: dict[str, str] = field(default_factory=dict)  # file -> git blob id in the pinned commit
+    # A published pickle is converted once, at pull time, by `curation.convert.CONVERTERS[key]` (torch.load with
+    # weights_only=True, key and shape checks) into this safetensors file, which is what runs load.
+    converted: str | None = None
 
 
 # open_clip 3.3 `get_pretrained_cfg('ViT-L-14', 'openai')` names hf_hub 'timm/vit_large_patch14_clip_224.openai/'
@@ -220,8 +224,45 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
     ]
 }
-# UnivFD's name for the same thing, so configs may say either.
-REGISTRY["univfd-probe"] = REGISTRY["synthetic-head"]
+
+# Published filters of the full profile. Both files are pickles: `pull` verifies the download, then converts it once
+# to safetensors (curation/convert.py) and the run loads only the safetensors file.
+REGISTRY["univfd-probe"] = ModelSpec(
+    key="univfd-probe",
+    kind="url_file",
+    source="https://github.com/WisconsinAIVision/UniversalFakeDetect/raw/"
+    "763391eff3284f6950ffb323599c1a7a819f2ecd/pretrained_weights/fc_weights.pth",
+    files=("fc_weights.pth",),
+    revision="763391eff3284f6950ffb323599c1a7a819f2ecd",  # the commit that added the file; unchanged at 76a0e3e
+    # sha256, size and git blob id computed from the file in a snapshot of the repository (keys `weight` (1, 768),
+    # `bias` (1,), as the converter expects).
+    sha256={"fc_weights.pth": "477100745713bcc957beb2b40859536859b6483fd6301b3b9293151b194c7847"},
+    size_bytes={"fc_weights.pth": 4083},
+    git_blob_sha1={"fc_weights.pth": "2a8efc8e238bf5a491e4fd5999655ed5eb3bbb72"},
+    converted="univfd_fc.safetensors",
+    license="MIT (UniversalFakeDetect)",
+    how_to_get="curation models pull --keys univfd-probe  (needs internet; GitHub "
+    "WisconsinAIVision/UniversalFakeDetect, pretrained_weights/fc_weights.pth, converted to safetensors)",
+    description="UnivFD (Ojha et al., CVPR 2023) linear probe on the unnormalised CLIP ViT-L/14 image embedding, "
+    "trained on ProGAN real/fake: P(synthetic)",
+)
+REGISTRY["laion-watermark"] = ModelSpec(
+    key="laion-watermark",
+    kind="url_file",
+    source="https://github.com/LAION-AI/LAION-5B-WatermarkDetection/raw/"
+    "d8786e32b8a46bd1c254826dae51f54ab5b1e9e4/models/watermark_model_v1.pt",
+    files=("watermark_model_v1.pt",),
+    revision="d8786e32b8a46bd1c254826dae51f54ab5b1e9e4",  # the file was added in 418a46b and not changed since
+    # The git blob id is listed by the repository's tree at that commit; the file itself (and so its sha256 and
+    # size) could not be fetched here: `pull` checks the blob id and records the sha256 it computed.
+    git_blob_sha1={"watermark_model_v1.pt": "09db4ad1b059bccc2be67380d321b67f0e9288e9"},
+    converted="laion_watermark.safetensors",
+    license="MIT (LAION-5B-WatermarkDetection)",
+    how_to_get="curation models pull --keys laion-watermark  (needs internet; GitHub "
+    "LAION-AI/LAION-5B-WatermarkDetection, models/watermark_model_v1.pt, converted to safetensors)",
+    description="LAION-5B watermark detector: EfficientNet-B3 (timm) with a 1536-625-256-2 head on 256x256 RGB; "
+    "softmax[0] = P(watermark)",
+)
 
 
 @dataclass(frozen=True)
@@ -297,6 +338,8 @@ def _problems(s: ModelSpec, root: Path, verify: bool) -> list[str]:
             out.append(f"{name} has {path.stat().st_size} bytes, expected {want_size}")
         elif verify and name in s.sha256 and sha256_file(path) != s.sha256[name]:
             out.append(f"{name} sha256 mismatch (expected {s.sha256[name]})")
+    if s.converted and not (folder / s.converted).is_file():
+        out.append(f"{s.converted} (the checked safetensors conversion) not found")
     return out
 
 
@@ -308,6 +351,8 @@ def resolve(key: str, root: str | os.PathLike | None = None, verify: bool = Fals
     if problems:
         raise ModelNotFoundError([_missing(s, base, problems)], base)
     folder = _folder(s, base)
+    if s.converted:
+        return folder / s.converted
     if len(s.files) == 1 and "*" not in s.files[0]:
         return folder / s.files[0]
     return folder
@@ -386,18 +431,32 @@ def pull(keys: Iterable[str], root: str | os.PathLike | None = None, force: bool
         folder.mkdir(parents=True, exist_ok=True)
         record: dict[str, Any] = {"key": key, "source": s.source, "pinned_revision": s.revision, "at": time.time()}
         if s.kind == "url_file":
-            record["files"] = {name: _download_url(s.source, folder / name, s.sha256.get(name)) for name in s.files}
+            record["files"] = {name: _download_url(s.source, folder / name, s.sha256.get(name),
+                                                   s.git_blob_sha1.get(name)) for name in s.files}
         elif s.kind == "open_clip":
             record.update(_pull_hf_files(s.hf_repo or "", s.files, s.revision, folder))
         elif s.kind == "hf":
             record.update(_pull_hf_files(s.source, s.files, s.revision, folder))
+        if s.converted:
+            from curation.convert import convert
+
+            record["converted"] = convert(key, folder / s.files[0], folder / s.converted)
         (folder / PULL_RECORD).write_text(json.dumps(record, indent=1))
         out[key] = resolve(key, base, verify=True)
     return out
 
 
-def _download_url(url: str, dest: Path, sha256: str | None) -> str:
-    """Fetch `url` to `dest` atomically, verifying the pinned sha256; returns the file's sha256."""
+def git_blob_sha1(path: str | os.PathLike) -> str:
+    """The git blob id of a file (sha1 of `blob <size>\\0` + content): checkable against a repository's tree."""
+    h = hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode())  # noqa: S324 - git's id, not a security hash
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _download_url(url: str, dest: Path, sha256: str | None, blob_sha1: str | None = None) -> str:
+    """Fetch `url` to `dest` atomically, verifying the pinned sha256 and git blob id; returns the file's sha256."""
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
     try:
         with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - pinned URL
@@ -405,6 +464,8 @@ def _download_url(url: str, dest: Path, sha256: str | None) -> str:
         got = sha256_file(tmp)
         if sha256 and got != sha256:
             raise RuntimeError(f"{url}: sha256 {got} does not match the pinned {sha256}")
+        if blob_sha1 and git_blob_sha1(tmp) != blob_sha1:
+            raise RuntimeError(f"{url}: git blob id {git_blob_sha1(tmp)} does not match the pinned {blob_sha1}")
         os.replace(tmp, dest)
         return got
     finally:

@@ -29,7 +29,8 @@ from curation.operator import Operator, OperatorConfigError, Resources
 # never overwrite the dedicated CPU operators' `watermark_score` / `nsfw_score`.
 HEADS: dict[str, tuple[str, str]] = {
     "aesthetic": ("laion-aesthetic-l14", "aesthetic_score"),
-    "synthetic": ("synthetic-head", "synthetic_score"),
+    "synthetic": ("synthetic-head", "synthetic_score"),  # a probe you train (`curation heads train synthetic`)
+    "univfd": ("univfd-probe", "synthetic_score"),  # UnivFD's published probe (converted to safetensors on pull)
     "watermark_head": ("watermark-head", "watermark_head_score"),
     "nsfw_head": ("nsfw-head", "nsfw_head_score"),
 }
@@ -158,6 +159,9 @@ class HeadSet:
             raise OperatorConfigError(f"operator '{op}': heads must be a list drawn from {sorted(HEADS)}, got {heads}")
         if not isinstance(paths, dict) or any(k not in HEADS for k in paths):
             raise OperatorConfigError(f"operator '{op}': head_paths keys must be in {sorted(HEADS)}, got {paths}")
+        if len({HEADS[h][1] for h in heads}) != len(heads):
+            raise OperatorConfigError(f"operator '{op}': heads {heads} write the same column twice (`synthetic` and "
+                                      "`univfd` both write synthetic_score: pick one)")
         if aesthetic_reduce not in REDUCERS:
             raise OperatorConfigError(f"operator '{op}': aesthetic_reduce must be one of {REDUCERS}")
 

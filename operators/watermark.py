@@ -32,9 +32,16 @@ per frame): 8-frame clips of `astronaut` scored 1.0 without any logo, the same p
 abstains there rather than guess (a null score fires no rule); such clips are also below the shipped configs'
 `duration_s` minimum of 1 s.
 
-Learned head slot (a later issue): `head: <model registry key>` loads a linear probe on the CLIP image embedding
-(safetensors with `weight` (1, D) and `bias` (1,)); its sigmoid output is combined with the heuristic by max, and
-it alone scores images. `head: null` (default) runs the heuristic only.
+Learned scores, combined with the persistent-overlay score by **max** (a watermark any cue sees is a watermark; each
+cue misses cases the other catches: the heuristic is blind on still shots and images, a per-frame classifier on small
+or faint corner logos that only their persistence gives away):
+- `detector: laion-watermark` runs LAION-5B's published watermark classifier (EfficientNet-B3,
+  `operators/watermark_net.py`) on each of the K frames; its per-clip score, the mean of the per-frame P(watermark),
+  is also written on its own as `watermark_detector_score`. Images get it too. The full profile turns it on.
+- `head: <model registry key>` loads a linear probe on the CLIP image embedding (safetensors with `weight` (1, D)
+  and `bias` (1,)); its sigmoid output joins the max.
+`watermark_score` = max(persistent-overlay score, detector score, head score) over the cues that gave one; with only
+learned cues (images, short clips) their max. Both off (the default, and the offline demo) runs the heuristic only.
 """
 
 from __future__ import annotations
@@ -162,7 +169,7 @@ class WatermarkDetector(Operator):
     stateful: ClassVar[bool] = False
     default_resources: ClassVar[Resources] = Resources(num_cpus=0.5)
     default_batch_size: ClassVar[int] = 16
-    transient: ClassVar[tuple[str, ...]] = ("_head",)
+    transient: ClassVar[tuple[str, ...]] = ("_head", "_detector")
     params: ClassVar[dict[str, Any]] = {
         "zone": 0.3,  # corner zone size, as a share of width and height
         "edge_min": 80.0,  # Sobel strength of the frame-averaged gradient (grey levels x 4 per px)
@@ -170,14 +177,22 @@ class WatermarkDetector(Operator):
         "content_change_min": 3.0,  # grey-level temporal std (15 px box) for persistence to mean anything
         "evidence_mid": 0.0032,  # evidence that maps to a score of 0.5
         "min_clip_frames": 24,  # clips with fewer source frames get a null score (module docstring, "Short clips")
-        "head": None,  # model registry key of a learned watermark head on `embedding` (a later issue), or null
+        "head": None,  # model registry key of a linear watermark head on `embedding`, or null
+        "detector": None,  # model registry key of a frame classifier (`laion-watermark`), or null
+        "device": "cpu",  # where the detector runs ("cuda" when the operator is given a GPU)
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        keys = []
         if self.config["head"]:
             self.needs = ("frames", "embedding")  # instance-level: the head reads the CLIP embedding
-            self.models = (str(self.config["head"]),)
+            keys.append(str(self.config["head"]))
+        if self.config["detector"]:
+            keys.append(str(self.config["detector"]))
+            self.produces = {**type(self).produces, "watermark_detector_score": pa.float64()}
+        if keys:
+            self.models = tuple(keys)
 
     def validate(self) -> None:
         """Check the parameters."""
@@ -191,6 +206,8 @@ class WatermarkDetector(Operator):
         self.check_int("min_clip_frames", 3)
         if c["head"] is not None and not isinstance(c["head"], str):
             raise OperatorConfigError("operator 'watermark': head must be a model registry key or null")
+        if c["detector"] not in (None, "laion-watermark"):
+            raise OperatorConfigError("operator 'watermark': detector must be laion-watermark or null")
 
     def setup(self) -> None:
         """Load the learned head, if one is configured (the heuristic needs nothing)."""
@@ -202,6 +219,20 @@ class WatermarkDetector(Operator):
 
             tensors = load_file(str(models.resolve(self.config["head"])))
             self._head = (tensors["weight"].reshape(-1).astype(np.float32), float(tensors["bias"].reshape(-1)[0]))
+        self._detector = None
+        if self.config["detector"]:
+            from curation import models
+            from operators.watermark_net import LaionWatermark
+
+            self._detector = LaionWatermark(models.resolve(self.config["detector"]), device=self.config["device"])
+
+    def detector_score(self, row: dict[str, Any]) -> float | None:
+        """Mean P(watermark) of the frame classifier over the row's frames; None without a detector or frames."""
+        det = getattr(self, "_detector", None)
+        frames = row.get("frames")
+        if det is None or frames is None or not len(frames):
+            return None
+        return float(np.mean(det.predict(np.asarray(frames))))
 
     def learned_score(self, row: dict[str, Any]) -> float | None:
         """Sigmoid of the linear head on the row's embedding; None without a head or an embedding."""
@@ -215,21 +246,21 @@ class WatermarkDetector(Operator):
     def score_row(self, row: dict[str, Any]) -> dict[str, Any]:
         """Score one clip (images: learned head only, else null)."""
         c = self.config
-        if c["head"] and not hasattr(self, "_head"):
-            self.setup()  # unpickled on a worker after the driver had set it up: load the head here
+        if (c["head"] or c["detector"]) and not hasattr(self, "_detector"):
+            self.setup()  # unpickled on a worker after the driver had set it up: load the models here
         heur = None
         if not too_short(row, int(c["min_clip_frames"])):
             heur = watermark_heuristic(row["frames"], zone=float(c["zone"]), edge_min=float(c["edge_min"]),
                                        coherence_min=float(c["coherence_min"]),
                                        content_change_min=float(c["content_change_min"]),
                                        evidence_mid=float(c["evidence_mid"]))
-        learned = self.learned_score(row)
-        if heur is None and learned is None:
-            return {}
+        detected = self.detector_score(row)
+        extra = {} if detected is None else {"watermark_detector_score": detected}
+        learned = [x for x in (self.learned_score(row), detected) if x is not None]
+        if heur is None and not learned:
+            return extra
         if heur is None:
-            return {"watermark_score": learned}
+            return {"watermark_score": max(learned), **extra}
         score, zone = heur
         zone = zone if score >= 0.05 else None  # name a zone only where there is a candidate worth a look
-        if learned is not None and learned > score:
-            return {"watermark_score": learned, "watermark_zone": zone}
-        return {"watermark_score": score, "watermark_zone": zone}
+        return {"watermark_score": max([score, *learned]), "watermark_zone": zone, **extra}

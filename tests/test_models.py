@@ -30,8 +30,8 @@ def test_every_entry_is_pinned_or_local():
         assert s.files and s.how_to_get, key
         if s.kind in ("hf", "url_file"):
             assert s.revision, f"{key} must pin a revision"
-        if s.kind == "url_file":
-            assert set(s.sha256) == set(s.files), f"{key} must pin sha256"
+        if s.kind == "url_file":  # a sha256, or the git blob id read from the pinned commit's tree
+            assert set(s.sha256) | set(s.git_blob_sha1) == set(s.files), f"{key} must pin sha256 or a git blob id"
 
 
 def test_missing_models_are_listed_with_how_to_get(tmp_path, monkeypatch):
