@@ -10,12 +10,14 @@ fails (console errors, undecodable images) fails the same way on both attempts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
@@ -64,6 +66,65 @@ def render(html: Path, png: Path, width: int = 1400, timeout: float = 150.0, att
             raise RuntimeError(f"rendering {html} failed:\n{err[-3000:]}")
         return json.loads(out.strip().splitlines()[-1])
     raise RuntimeError(f"{last} ({attempts} attempts)")
+
+
+class BrowserHung(RuntimeError):
+    """The watchdog of `chromium` killed a browser that did not finish in time (the session can be retried)."""
+
+
+def _kill_browser_children() -> None:
+    """Kill this process's Playwright driver (node) and Chromium processes; nothing else (Ray's stay)."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.name() == "node" or "chrom" in child.name():
+                child.kill()
+
+
+@contextlib.contextmanager
+def chromium(deadline_s: float = 150.0, **context_kwargs):
+    """An interactive Playwright context (fresh profile) in this process, watched: past `deadline_s` the driver and
+    Chromium are killed, so a call that would wait forever raises, and the block ends in BrowserHung (retry it with
+    `retry_if_hung`). Failures of the page itself propagate unchanged."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        raise RuntimeError(f"{CHROMIUM} is missing: `make setup` installs Debian's chromium")
+    fired = threading.Event()
+
+    def fire():
+        fired.set()
+        _kill_browser_children()
+
+    timer = threading.Timer(deadline_s, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
+            ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=FLAGS,
+                                                       timeout=60_000, **context_kwargs)
+            try:
+                yield ctx
+            finally:
+                with contextlib.suppress(Exception):
+                    ctx.close()
+    except Exception as e:
+        if fired.is_set():
+            raise BrowserHung(f"headless Chromium did not finish within {deadline_s:.0f} s") from e
+        raise
+    finally:
+        timer.cancel()
+
+
+def retry_if_hung(fn, attempts: int = 2):
+    """Call fn(attempt) until it returns without BrowserHung (at most `attempts` times); re-raise the last hang."""
+    for attempt in range(attempts):
+        try:
+            return fn(attempt)
+        except BrowserHung:
+            if attempt == attempts - 1:
+                raise
 
 
 if __name__ == "__main__":

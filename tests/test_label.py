@@ -19,7 +19,6 @@ from curation.label.agreement import MAX_SPREAD, combine, pairwise, summary
 from curation.label.server import LabelApp, LabelServer, TokenError, check_token, host_allowed
 from curation.label.store import LabelError, LabelStore, paths_for
 
-CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 EVIL_NAME = '<img src=x onerror="window.pwned=1">.jpg'
@@ -205,12 +204,21 @@ def _output(tmp_path: Path) -> Path:
 
 
 def test_label_page_end_to_end_in_chromium(tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    """Label ten rows with the keyboard, undo one, reload and find them kept, hostile text shown as text, then train
+    the scorer from the labels (a browser that stops answering is killed and the session run once more)."""
+    from tests.browser import retry_if_hung
+
+    retry_if_hung(lambda attempt: _label_session(tmp_path / f"attempt{attempt}"))
+
+
+def _label_session(tmp_path: Path) -> None:
+    """One end-to-end labelling session on a fresh output (see the test above)."""
+    from playwright.sync_api import expect
 
     from curation.heads_cli import train_scorer
+    from tests.browser import chromium
 
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make setup` installs Debian's chromium")
+    tmp_path.mkdir(parents=True)
     out = _output(tmp_path)
     ann = out / "annotation" / "annotations.parquet"
     errors: list[str] = []
@@ -226,52 +234,47 @@ def test_label_page_end_to_end_in_chromium(tmp_path):
         with pytest.raises(urllib.error.HTTPError, match="400"):
             urllib.request.urlopen(req, timeout=30)
 
-        with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
-            ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=FLAGS,
-                                                       viewport={"width": 1280, "height": 900})
+        with chromium(viewport={"width": 1280, "height": 900}) as ctx:
             ctx.set_default_timeout(WAIT_MS)
-            try:
-                page = ctx.new_page()
-                page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
-                page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-                page.on("response", lambda r: errors.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None)
-                page.goto(server.url)
-                page.fill("#annotator", "alice")
-                page.keyboard.press("Enter")
-                expect(page.locator("#progress")).to_have_text(f"0 / {n}", timeout=WAIT_MS)
-                expect(page.locator("#preview")).to_have_js_property("complete", True, timeout=WAIT_MS)
-                assert page.eval_on_selector("#preview", "i => i.naturalWidth") > 0
-                page.screenshot(path=str(tmp_path / "label.png"))
-                scores = [5, 4, 3, 2, 1, 5, 4, 3, 2, 1]
-                for k, s in enumerate(scores):
-                    page.keyboard.press(str(s))
-                    expect(page.locator("#progress")).to_have_text(f"{k + 1} / {n}", timeout=WAIT_MS)
-                page.keyboard.press("u")  # undo the tenth: back on it, unlabelled
-                expect(page.locator("#progress")).to_have_text(f"9 / {n}", timeout=WAIT_MS)
-                expect(page.locator("#meta")).to_contain_text("#10 ", timeout=WAIT_MS)
+            page = ctx.new_page()
+            page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+            page.on("response", lambda r: errors.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None)
+            page.goto(server.url)
+            page.fill("#annotator", "alice")
+            page.keyboard.press("Enter")
+            expect(page.locator("#progress")).to_have_text(f"0 / {n}", timeout=WAIT_MS)
+            expect(page.locator("#preview")).to_have_js_property("complete", True, timeout=WAIT_MS)
+            assert page.eval_on_selector("#preview", "i => i.naturalWidth") > 0
+            page.screenshot(path=str(tmp_path / "label.png"))
+            scores = [5, 4, 3, 2, 1, 5, 4, 3, 2, 1]
+            for k, s in enumerate(scores):
+                page.keyboard.press(str(s))
+                expect(page.locator("#progress")).to_have_text(f"{k + 1} / {n}", timeout=WAIT_MS)
+            page.keyboard.press("u")  # undo the tenth: back on it, unlabelled
+            expect(page.locator("#progress")).to_have_text(f"9 / {n}", timeout=WAIT_MS)
+            expect(page.locator("#meta")).to_contain_text("#10 ", timeout=WAIT_MS)
 
-                page.reload()
-                page.fill("#annotator", "alice")
-                page.click("#begin")
-                expect(page.locator("#progress")).to_have_text(f"9 / {n}", timeout=WAIT_MS)
-                # resumes at the first unlabelled row
-                expect(page.locator("#meta")).to_contain_text("#10 ", timeout=WAIT_MS)
-                page.keyboard.press("ArrowLeft")
-                # the ninth row shows its label
-                expect(page.locator("#buttons button.current")).to_have_text("2 poor", timeout=WAIT_MS)
+            page.reload()
+            page.fill("#annotator", "alice")
+            page.click("#begin")
+            expect(page.locator("#progress")).to_have_text(f"9 / {n}", timeout=WAIT_MS)
+            # resumes at the first unlabelled row
+            expect(page.locator("#meta")).to_contain_text("#10 ", timeout=WAIT_MS)
+            page.keyboard.press("ArrowLeft")
+            # the ninth row shows its label
+            expect(page.locator("#buttons button.current")).to_have_text("2 poor", timeout=WAIT_MS)
 
-                # the hostile file name and OCR text are shown as text, and nothing of them ran
-                step = evil["index"] - 8  # from the ninth row to the one with the hostile name
-                for _ in range(abs(step)):
-                    page.keyboard.press("ArrowRight" if step > 0 else "ArrowLeft")
-                expect(page.locator("#name")).to_have_text(EVIL_NAME, timeout=WAIT_MS)
-                expect(page.locator("#ocr")).to_have_text(EVIL_OCR, timeout=WAIT_MS)
-                shutil.copy(tmp_path / "label.png", Path(tempfile.gettempdir()) / "curation-label-page.png")
-                page.screenshot(path=str(Path(tempfile.gettempdir()) / "curation-label-hostile.png"))
-                assert page.evaluate("window.pwned") is None
-                assert page.locator("#name img, #ocr script, #ocr b").count() == 0
-            finally:
-                ctx.close()
+            # the hostile file name and OCR text are shown as text, and nothing of them ran
+            step = evil["index"] - 8  # from the ninth row to the one with the hostile name
+            for _ in range(abs(step)):
+                page.keyboard.press("ArrowRight" if step > 0 else "ArrowLeft")
+            expect(page.locator("#name")).to_have_text(EVIL_NAME, timeout=WAIT_MS)
+            expect(page.locator("#ocr")).to_have_text(EVIL_OCR, timeout=WAIT_MS)
+            shutil.copy(tmp_path / "label.png", Path(tempfile.gettempdir()) / "curation-label-page.png")
+            page.screenshot(path=str(Path(tempfile.gettempdir()) / "curation-label-hostile.png"))
+            assert page.evaluate("window.pwned") is None
+            assert page.locator("#name img, #ocr script, #ocr b").count() == 0
     finally:
         server.stop()
     assert errors == [], errors
