@@ -52,13 +52,13 @@ def fit_size(h: int, w: int, short_side: int, multiple: int = 28) -> tuple[int, 
 def fit_frames(frames: np.ndarray, short_side: int, multiple: int = 28) -> np.ndarray:
     """Frames resized so the short side is about `short_side` and both sides are multiples of `multiple` (Qwen2-VL's
     patch 14 x spatial merge 2), so the processor does not resize them again."""
-    import cv2
-
     h, w = frames.shape[1:3]
     scale = short_side / float(min(h, w))
     nh, nw = fit_size(h, w, short_side, multiple)
     if (nh, nw) == (h, w):
         return frames
+    import cv2  # only when resizing (frames sized already need no OpenCV)
+
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
     return np.stack([cv2.resize(np.ascontiguousarray(f), (nw, nh), interpolation=interp) for f in frames])
 

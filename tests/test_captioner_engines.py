@@ -102,6 +102,10 @@ def test_fast_engine_is_chosen_by_config(engines_pair):
     from curation.config import ConfigError, parse_config
 
     assert parse_config({"captioning": {"engine": "qwen2vl_fast"}}).captioning.engine == "qwen2vl_fast"
-    assert engines.engine_name(CaptionConfig(engine="qwen2vl_fast")) == "qwen2vl_fast"
+    from captioner.fast import FastQwen2VLCaptioner
+
+    folder = engines_pair[0].model.name_or_path
+    loaded = engines.load_engine(CaptionConfig(engine="qwen2vl_fast", model=folder, num_gpus=0, max_new_tokens=5))
+    assert isinstance(loaded, FastQwen2VLCaptioner) and loaded.max_new_tokens == 5 and loaded.device == "cpu"
     with pytest.raises(ConfigError, match="captioning.engine: one of qwen2vl, qwen2vl_fast, got 'vllm'"):
         parse_config({"captioning": {"engine": "vllm"}})
