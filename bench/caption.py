@@ -14,7 +14,7 @@ graph for that shape; old engine: 8 tokens), then `--rounds` timed calls (the be
 clips/s and output tokens/s, peak GPU memory, prefill vs decode time (old engine: a 1-token call is the prefill, the
 rest is decode; new engine: its own timers: processor, prefill, decode, steps), and whether every row got exactly
 `--new-tokens` tokens. `--batches` run on both engines; `--old-batches` / `--fast-batches` on one only (to find each
-engine's best batch size). Then: the share of identical generated token sequences between the engines at each common
+engine's best batch size); `--eager-batches` run the new engine without CUDA graphs (what the graphs add). Then: the share of identical generated token sequences between the engines at each common
 batch size, and a torch.profiler run of each engine (`--profile-rows` rows, `--profile-tokens` tokens) giving the
 GPU kernel time vs wall time (host-bound when the GPU is idle most of the wall time).
 
@@ -103,7 +103,7 @@ def measure(engine, name: str, items: list, new_tokens: int, rounds: int, cuda: 
     t = time.perf_counter()
     # Warm-up at this batch shape (allocator, kernel choice); the fast engine captures its graph for this shape, so
     # it needs the full length; the old engine is warmed by a short call (its 200-token calls are the slow ones).
-    call(**(force if name == "qwen2vl_fast" else {"min_new_tokens": min(8, new_tokens),
+    call(**(force if name.startswith("qwen2vl_fast") else {"min_new_tokens": min(8, new_tokens),
                                                  "max_new_tokens": min(8, new_tokens)}))
     sync()
     warm = time.perf_counter() - t
@@ -122,7 +122,7 @@ def measure(engine, name: str, items: list, new_tokens: int, rounds: int, cuda: 
            "output_tokens_per_s": round(rows * new_tokens / best, 1),
            "all_rows_forced_length": bool(ids.shape[1] == new_tokens),
            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}
-    if name == "qwen2vl":
+    if not name.startswith("qwen2vl_fast"):
         t = time.perf_counter()
         engine.generate_ids(items, max_new_tokens=1)
         sync()
@@ -131,7 +131,9 @@ def measure(engine, name: str, items: list, new_tokens: int, rounds: int, cuda: 
                    decode_step_ms=round(1000 * (best - prefill) / max(1, new_tokens - 1), 2))
     else:
         res.update({k: round(v, 3) for k, v in stats.items() if k.endswith("_s")}, steps=int(stats.get("steps", 0)),
-                   decode_step_ms=round(1000 * stats.get("decode_s", 0) / max(1, stats.get("steps", 1)), 2))
+                   decode_step_ms=round(1000 * stats.get("decode_s", 0) / max(1, stats.get("steps", 1)), 2),
+                   cuda_graphs=stats.get("cuda_graphs"), **({"graph_error": stats["graph_error"]}
+                                                            if "graph_error" in stats else {}))
     return res, ids
 
 
@@ -185,6 +187,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="*", default=[16, 64])
     ap.add_argument("--old-batches", type=int, nargs="*", default=[128])
     ap.add_argument("--fast-batches", type=int, nargs="*", default=[128, 256])
+    ap.add_argument("--eager-batches", type=int, nargs="*", default=[64],
+                    help="qwen2vl_fast without CUDA graphs (what the graphs add)")
     ap.add_argument("--new-tokens", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--frames", type=int, default=8)
@@ -199,7 +203,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.smoke:
-        args.batches, args.old_batches, args.fast_batches = [2, 3], [4], [5]
+        args.batches, args.old_batches, args.fast_batches, args.eager_batches = [2, 3], [4], [5], [3]
         args.new_tokens, args.frames, args.size, args.prefill_rows = 6, 4, [112, 168], 2
     sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
     import torch
@@ -215,13 +219,17 @@ def main() -> None:
     engines = {"qwen2vl": Qwen2VLCaptioner.from_loaded(net, processor, "random-qwen2-vl-7b-arch", **common),
                "qwen2vl_fast": FastQwen2VLCaptioner.from_loaded(net, processor, "random-qwen2-vl-7b-arch",
                                                                 **common).configure(
-                   prefill_rows=args.prefill_rows, sync_every=args.sync_every, cuda_graphs=not args.no_graphs)}
+                   prefill_rows=args.prefill_rows, sync_every=args.sync_every, cuda_graphs=not args.no_graphs),
+               "qwen2vl_fast_eager": FastQwen2VLCaptioner.from_loaded(net, processor, "random-qwen2-vl-7b-arch",
+                                                                      **common).configure(
+                   prefill_rows=args.prefill_rows, sync_every=args.sync_every, cuda_graphs=False)}
     res: dict = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__,
                  "transformers": transformers.__version__, "params": sum(p.numel() for p in net.parameters()),
                  "build_s": round(time.perf_counter() - t0, 1), "new_tokens": args.new_tokens,
                  "frames": args.frames, "size": args.size, "prefill_rows": args.prefill_rows,
                  "sync_every": args.sync_every, "cuda_graphs": not args.no_graphs and cuda,
-                 "runs": {"qwen2vl": {}, "qwen2vl_fast": {}}, "identity": {}, "skipped": []}
+                 "runs": {"qwen2vl": {}, "qwen2vl_fast": {}, "qwen2vl_fast_eager": {}}, "identity": {},
+                 "skipped": []}
 
     def save() -> None:
         if args.out:
@@ -230,6 +238,7 @@ def main() -> None:
 
     plan = [(b, e) for b in args.batches for e in ("qwen2vl", "qwen2vl_fast")]
     plan += [(b, "qwen2vl") for b in args.old_batches] + [(b, "qwen2vl_fast") for b in args.fast_batches]
+    plan += [(b, "qwen2vl_fast_eager") for b in args.eager_batches]
     kept_ids: dict = {}
     for rows, name in plan:
         if time.perf_counter() - t0 > args.budget_s:
@@ -249,10 +258,11 @@ def main() -> None:
             res["identity"][rows] = identity(kept_ids[("qwen2vl", rows)], kept_ids[("qwen2vl_fast", rows)])
             print("identity", rows, res["identity"][rows], flush=True)
         save()
-    engines["qwen2vl_fast"]._state = None  # the fast engine's cached buffers and graph
+    engines["qwen2vl_fast"]._state = engines["qwen2vl_fast_eager"]._state = None  # cached buffers and graph
     if cuda:
         torch.cuda.empty_cache()
-        for name, engine in engines.items():
+        for name in ("qwen2vl", "qwen2vl_fast"):
+            engine = engines[name]
             if time.perf_counter() - t0 > args.budget_s + 60:
                 res["skipped"].append(f"profile of {name} (time budget)")
                 continue
@@ -266,7 +276,7 @@ def main() -> None:
     best = {name: max((r["output_tokens_per_s"], b) for b, r in runs.items() if "output_tokens_per_s" in r)
             for name, runs in res["runs"].items() if any("output_tokens_per_s" in r for r in runs.values())}
     res["best"] = {name: {"output_tokens_per_s": v, "rows": b} for name, (v, b) in best.items()}
-    if len(best) == 2:
+    if "qwen2vl" in best and "qwen2vl_fast" in best:
         res["speedup_at_best"] = round(best["qwen2vl_fast"][0] / best["qwen2vl"][0], 2)
     res["total_s"] = round(time.perf_counter() - t0, 1)
     save()

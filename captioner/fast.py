@@ -93,21 +93,26 @@ class _Decoder:
         if not graphs:
             return self.step()
         if self.graph is None:
-            saved = (self.index.clone(), self.positions.clone(), self.mask.clone())
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up outside the capture (it writes this step's key/value: the same)
-                self.step()
+            with torch.cuda.stream(side):
+                self.prime()
             torch.cuda.current_stream().wait_stream(side)
-            self.index.copy_(saved[0])
-            self.positions.copy_(saved[1])
-            self.mask.copy_(saved[2])
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 self.logits = self.step()
             self.graph = graph
         self.graph.replay()
         return self.logits
+
+    def prime(self) -> None:
+        """One step run and undone (index, positions, mask back), as the warm-up before a graph capture: the key and
+        value it wrote are the ones the real step writes again."""
+        saved = (self.index.clone(), self.positions.clone(), self.mask.clone())
+        self.step()
+        self.index.copy_(saved[0])
+        self.positions.copy_(saved[1])
+        self.mask.copy_(saved[2])
 
 
 class FastQwen2VLCaptioner(Qwen2VLCaptioner):
@@ -199,6 +204,8 @@ class FastQwen2VLCaptioner(Qwen2VLCaptioner):
     def _decode(self, parts: list[tuple[Any, Any, Any, Any, Any]], opts: dict[str, Any], max_new: int,
                 stats: dict[str, float]) -> Any:
         """Generated ids (rows in chunk order, T) on the CPU: the decode loop over all chunks' rows at once."""
+        import warnings
+
         import torch
         from transformers import LogitsProcessorList
 
@@ -252,8 +259,18 @@ class FastQwen2VLCaptioner(Qwen2VLCaptioner):
         unfinished = ~torch.isin(ids[:, prompt], eos) if eos is not None else torch.ones(rows, dtype=torch.bool,
                                                                                            device=device)
         done = 1
+        stats["cuda_graphs"] = graphs
         while done < max_new and (eos is None or done % self.sync_every or bool(unfinished.any())):
-            logits = state.run(graphs)
+            try:
+                logits = state.run(graphs)
+            except RuntimeError as exc:
+                if not graphs or state.graph is not None:
+                    raise
+                # The capture failed (an op that cannot be captured): decode eagerly from here on, and say so.
+                warnings.warn(f"qwen2vl_fast: CUDA graph capture failed, decoding without graphs: {exc}")
+                self.cuda_graphs = graphs = stats["cuda_graphs"] = False
+                stats["graph_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                logits = state.step()
             scores = processors(ids[:, :prompt + done], logits)
             nxt = scores.argmax(-1)
             if eos is not None:

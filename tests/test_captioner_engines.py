@@ -109,3 +109,27 @@ def test_fast_engine_is_chosen_by_config(engines_pair):
     assert isinstance(loaded, FastQwen2VLCaptioner) and loaded.max_new_tokens == 5 and loaded.device == "cpu"
     with pytest.raises(ConfigError, match="captioning.engine: one of qwen2vl, qwen2vl_fast, got 'vllm'"):
         parse_config({"captioning": {"engine": "vllm"}})
+
+
+def test_graph_warm_up_is_undone(engines_pair, monkeypatch):
+    """Before a CUDA graph capture the decode step runs once and is undone (`prime`); on the CPU the same protocol
+    before every first step must leave the tokens as they were (the capture itself needs CUDA: bench/caption.py)."""
+    import torch
+
+    from captioner.fast import _Decoder
+
+    ref, fast = engines_pair
+    primed = []
+    step = _Decoder.run
+
+    def run(self, graphs):
+        if not primed:
+            self.prime()
+            primed.append(int(self.index))
+        return step(self, graphs)
+
+    monkeypatch.setattr(_Decoder, "run", run)
+    items = _items()[:3]
+    want, _ = ref.generate_ids(items)
+    got, _ = fast.generate_ids(items)
+    assert primed and torch.equal(want, got)
