@@ -18,6 +18,10 @@ engine's best batch size); `--eager-batches` run the new engine without CUDA gra
 batch size, and a torch.profiler run of each engine (`--profile-rows` rows, `--profile-tokens` tokens) giving the
 GPU kernel time vs wall time (host-bound when the GPU is idle most of the wall time).
 
+First, before the 7B model is built: the tiny test model in float32 on the same device, both engines free-running
+on mixed prompt lengths, twice at one shape (the second call replays the captured graph): identical tokens expected
+(`tiny_float32_check`), which checks the CUDA-graph path where bf16 noise cannot hide a bug.
+
 A partial JSON is written after every measurement (`--out`), so a run cut short still leaves its figures; a
 measurement that would start after `--budget-s` seconds is skipped and listed.
 
@@ -181,6 +185,41 @@ def identity(a, b) -> dict:
             "mean_common_prefix_share": round(float(lead.float().mean() / n), 4)}
 
 
+def tiny_check(device: str) -> dict:
+    """The CUDA-graph path against `generate` where bf16 noise cannot hide a bug: the tiny test model in float32,
+    mixed prompt lengths, free-running (rows end early), two calls of the same shape (the second replays the graph
+    captured by the first). Returns the share of identical rows per call."""
+    import tempfile
+
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from captioner.fast import FastQwen2VLCaptioner
+    from captioner.qwen2vl import Qwen2VLCaptioner
+    from tiny_qwen2vl import build_tiny_qwen2vl
+
+    # Full float32 (no TF32 in convolutions or matmuls), so that chunked prefill (other batch shapes) cannot round
+    # differently from the reference's one batch.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    folder = build_tiny_qwen2vl(Path(tempfile.mkdtemp()) / "tiny-qwen2-vl")
+    ref = Qwen2VLCaptioner(str(folder), device=device, dtype="float32", max_new_tokens=24, short_side=112)
+    assert isinstance(ref.model, Qwen2VLForConditionalGeneration)
+    fast = FastQwen2VLCaptioner.from_loaded(ref.model, ref.processor, ref.name, max_new_tokens=24,
+                                            short_side=112).configure(prefill_rows=2, sync_every=4)
+    out = {}
+    for call, items in enumerate((make_items(3, 4, 112, 168) + make_items(3, 2, 112, 224),
+                                  make_items(3, 2, 112, 168) + make_items(3, 4, 112, 140))):
+        want, _ = ref.generate_ids(items)
+        got, _ = fast.generate_ids(items)
+        out[f"call{call}"] = {**identity(want, got), "same_shape": want.shape == got.shape,
+                              "equal": bool(want.shape == got.shape and torch.equal(want, got)),
+                              "cuda_graphs": fast.last_stats.get("cuda_graphs")}
+    del ref, fast
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's defaults again for the bf16 runs
+    return out
+
+
 def main() -> None:
     """Command line entry point."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -212,6 +251,8 @@ def main() -> None:
     from captioner.fast import FastQwen2VLCaptioner
     from captioner.qwen2vl import Qwen2VLCaptioner
 
+    check = tiny_check("cpu" if args.smoke else "cuda")
+    print("tiny float32 check", check, flush=True)
     t0 = time.perf_counter()
     net, processor, device = build(args.smoke)
     cuda = device == "cuda"
@@ -228,7 +269,7 @@ def main() -> None:
                  "build_s": round(time.perf_counter() - t0, 1), "new_tokens": args.new_tokens,
                  "frames": args.frames, "size": args.size, "prefill_rows": args.prefill_rows,
                  "sync_every": args.sync_every, "cuda_graphs": not args.no_graphs and cuda,
-                 "runs": {"qwen2vl": {}, "qwen2vl_fast": {}, "qwen2vl_fast_eager": {}}, "identity": {},
+                 "tiny_float32_check": check, "runs": {"qwen2vl": {}, "qwen2vl_fast": {}, "qwen2vl_fast_eager": {}}, "identity": {},
                  "skipped": []}
 
     def save() -> None:
