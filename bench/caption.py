@@ -14,7 +14,8 @@ graph for that shape; old engine: 8 tokens), then `--rounds` timed calls (the be
 clips/s and output tokens/s, peak GPU memory, prefill vs decode time (old engine: a 1-token call is the prefill, the
 rest is decode; new engine: its own timers: processor, prefill, decode, steps), and whether every row got exactly
 `--new-tokens` tokens. `--batches` run on both engines; `--old-batches` / `--fast-batches` on one only (to find each
-engine's best batch size); `--eager-batches` run the new engine without CUDA graphs (what the graphs add). Then: the share of identical generated token sequences between the engines at each common
+engine's best batch size); `--eager-batches` run the new engine without CUDA graphs (what the graphs add).
+Then: the share of identical generated token sequences between the engines at each common
 batch size, and a torch.profiler run of each engine (`--profile-rows` rows, `--profile-tokens` tokens) giving the
 GPU kernel time vs wall time (host-bound when the GPU is idle most of the wall time).
 
@@ -269,7 +270,8 @@ def main() -> None:
                  "build_s": round(time.perf_counter() - t0, 1), "new_tokens": args.new_tokens,
                  "frames": args.frames, "size": args.size, "prefill_rows": args.prefill_rows,
                  "sync_every": args.sync_every, "cuda_graphs": not args.no_graphs and cuda,
-                 "tiny_float32_check": check, "runs": {"qwen2vl": {}, "qwen2vl_fast": {}, "qwen2vl_fast_eager": {}}, "identity": {},
+                 "tiny_float32_check": check,
+                 "runs": {"qwen2vl": {}, "qwen2vl_fast": {}, "qwen2vl_fast_eager": {}}, "identity": {},
                  "skipped": []}
 
     def save() -> None:
