@@ -145,10 +145,12 @@ class FastQwen2VLCaptioner(Qwen2VLCaptioner):
 
     def generate_ids(self, items: list[dict[str, Any]], **generate: Any) -> tuple[Any, list[bool]]:
         """(generated token ids (rows, T) on the CPU, whether OCR text was in each prompt), as the reference's."""
-        import torch
-
         import warnings
 
+        import torch
+
+        if not items:
+            return torch.zeros(0, 0, dtype=torch.long), []
         opts = {"max_new_tokens": self.max_new_tokens, "do_sample": False, **generate}
         if opts.get("do_sample") or opts.get("num_beams", 1) != 1 or opts.get("num_return_sequences", 1) != 1:
             raise ValueError("the qwen2vl_fast engine decodes greedily only (no sampling, beams or several returns)")

@@ -99,6 +99,7 @@ def test_fast_engine_stops_rows_early_like_the_reference(engines_pair):
 def test_fast_engine_is_chosen_by_config(engines_pair):
     with pytest.raises(ValueError, match="greedily"):
         engines_pair[1].generate_ids(_items()[:1], do_sample=True)
+    assert tuple(engines_pair[1].generate_ids([])[0].shape) == (0, 0) and engines_pair[1].caption([]) == []
     from curation.config import ConfigError, parse_config
 
     assert parse_config({"captioning": {"engine": "qwen2vl_fast"}}).captioning.engine == "qwen2vl_fast"
