@@ -2,8 +2,9 @@
 calls `engine.caption(items)`; prompt building and cleaning are shared (`captioner.prompts`).
 
 An engine is a class with `caption(items) -> [(caption, caption_source)]` (items: `frames`, `media_type`,
-`ocr_text`), built from a `CaptionConfig` by its loader, loaded once per GPU actor. `captioning.engine` picks one
-when the config has that field; `qwen2vl` (transformers' `generate`) otherwise, which is what the pass always ran.
+`ocr_text`), built from a `CaptionConfig` by its loader, loaded once per GPU actor. `captioning.engine` picks one:
+`qwen2vl` (transformers' `generate`, the default: what the pass always ran) or `qwen2vl_fast` (`captioner.fast`: the
+same greedy tokens, prefill by `generate`, own static-cache decode loop, a CUDA graph per step on GPUs).
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ def _load_qwen2vl(cfg: Any) -> Any:
                             max_ocr_chars=cfg.max_ocr_chars)
 
 
-ENGINES: dict[str, Callable[[Any], Any]] = {"qwen2vl": _load_qwen2vl}
+def _load_qwen2vl_fast(cfg: Any) -> Any:
+    from captioner.fast import FastQwen2VLCaptioner
+
+    return FastQwen2VLCaptioner(cfg.model, device="cuda" if cfg.num_gpus > 0 else "cpu", dtype=cfg.dtype,
+                                max_new_tokens=cfg.max_new_tokens, short_side=cfg.short_side, use_ocr=cfg.use_ocr,
+                                max_ocr_chars=cfg.max_ocr_chars)
+
+
+ENGINES: dict[str, Callable[[Any], Any]] = {"qwen2vl": _load_qwen2vl, "qwen2vl_fast": _load_qwen2vl_fast}
 
 
 def engine_name(cfg: Any) -> str:

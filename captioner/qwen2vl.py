@@ -42,17 +42,23 @@ def resolve_model(model: str) -> Path:
     return models.resolve(model)
 
 
+def fit_size(h: int, w: int, short_side: int, multiple: int = 28) -> tuple[int, int]:
+    """The (height, width) `fit_frames` gives frames of size h x w."""
+    scale = short_side / float(min(h, w))
+    return (max(multiple, int(round(h * scale / multiple)) * multiple),
+            max(multiple, int(round(w * scale / multiple)) * multiple))
+
+
 def fit_frames(frames: np.ndarray, short_side: int, multiple: int = 28) -> np.ndarray:
     """Frames resized so the short side is about `short_side` and both sides are multiples of `multiple` (Qwen2-VL's
     patch 14 x spatial merge 2), so the processor does not resize them again."""
-    import cv2
-
     h, w = frames.shape[1:3]
     scale = short_side / float(min(h, w))
-    nh = max(multiple, int(round(h * scale / multiple)) * multiple)
-    nw = max(multiple, int(round(w * scale / multiple)) * multiple)
+    nh, nw = fit_size(h, w, short_side, multiple)
     if (nh, nw) == (h, w):
         return frames
+    import cv2  # only when resizing (frames sized already need no OpenCV)
+
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
     return np.stack([cv2.resize(np.ascontiguousarray(f), (nw, nh), interpolation=interp) for f in frames])
 
@@ -97,11 +103,26 @@ class Qwen2VLCaptioner:
 
     def caption(self, items: list[dict[str, Any]], **generate: Any) -> list[tuple[str | None, str | None]]:
         """(caption, caption_source) per item; an item has `frames` (K, H, W, 3) uint8 RGB, `media_type` and
-        `ocr_text`. One generate() call for all items (`generate` adds keyword arguments to it)."""
-        import torch
-
+        `ocr_text`. `generate` adds keyword arguments to the generation (e.g. `min_new_tokens`)."""
         if not items:
             return []
+        new_ids, with_ocr = self.generate_ids(items, **generate)
+        return self.results(new_ids, with_ocr)
+
+    def generate_ids(self, items: list[dict[str, Any]], **generate: Any) -> tuple[Any, list[bool]]:
+        """(generated token ids (rows, T) on the CPU, whether OCR text was in each prompt): one generate() call for
+        all items; finished rows are padded with the pad token, as `generate` does."""
+        import torch
+
+        inputs, with_ocr = self.inputs(items)
+        inputs = inputs.to(self.device)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **{"max_new_tokens": self.max_new_tokens, "do_sample": False,
+                                                   **generate})
+        return out[:, inputs["input_ids"].shape[1]:].cpu(), with_ocr
+
+    def inputs(self, items: list[dict[str, Any]]) -> tuple[Any, list[bool]]:
+        """(processor output on the CPU: left-padded ids, mask, pixels, grids; whether OCR text is in each prompt)."""
         texts, images, videos, with_ocr = [], [], [], []
         for it in items:
             prompt, ocr = build_prompt(str(it["media_type"]), it.get("ocr_text"), self.use_ocr, self.max_ocr_chars)
@@ -118,11 +139,11 @@ class Qwen2VLCaptioner:
         if videos:
             # Frames are already sized by `short_side`; the reference per-frame pixel cap keeps it that way.
             kwargs.update(videos=videos, videos_kwargs={"cap_pixels_per_frame": True})
-        inputs = self.processor(text=texts, padding=True, return_tensors="pt", **kwargs).to(self.device)
-        with torch.inference_mode():
-            out = self.model.generate(**inputs, **{"max_new_tokens": self.max_new_tokens, "do_sample": False,
-                                                   **generate})
-        answers = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return self.processor(text=texts, padding=True, return_tensors="pt", **kwargs), with_ocr
+
+    def results(self, new_ids: Any, with_ocr: list[bool]) -> list[tuple[str | None, str | None]]:
+        """(caption, caption_source) per row from its generated ids: decoded, special tokens dropped, cleaned."""
+        answers = self.processor.batch_decode(new_ids, skip_special_tokens=True)
         result = []
         for answer, ocr in zip(answers, with_ocr):
             cap = clean_caption(answer)

@@ -70,6 +70,7 @@ class CaptionConfig:
 
     enabled: bool = False
     model: str = "qwen2-vl-7b"  # a model registry key, or a local folder holding a Qwen2-VL checkpoint
+    engine: str = "qwen2vl"  # captioner.engines: qwen2vl (transformers' generate) or qwen2vl_fast (same tokens)
     num_frames: int = 8  # frames per video clip (even: Qwen2-VL pairs frames in time)
     short_side: int = 336  # frames are decoded at this short side (tokens grow with its square)
     max_new_tokens: int = 200
@@ -184,6 +185,10 @@ def _parse_captioning(data: Any) -> CaptionConfig:
     if c.short_side < 28 or c.max_new_tokens < 1 or c.batch_size < 1 or c.concurrency < 1:
         raise ConfigError("captioning: short_side >= 28, max_new_tokens >= 1, batch_size >= 1 and concurrency >= 1 "
                           "required")
+    from captioner.engines import ENGINES
+
+    if c.engine not in ENGINES:
+        raise ConfigError(f"captioning.engine: one of {', '.join(sorted(ENGINES))}, got {c.engine!r}")
     if c.dtype not in ("bfloat16", "float16", "float32"):
         raise ConfigError(f"captioning.dtype: bfloat16, float16 or float32, got {c.dtype!r}")
     if c.enabled:
