@@ -1,5 +1,5 @@
 """The captioning pass: after clustering, caption the kept rows of `<output>/samples/` and fill `caption` and
-`caption_source` in the part files in place (DESIGN.md §1).
+`caption_source` in the part files in place (docs/ARCHITECTURE.md, "The flow").
 
 A Ray Data pass, like clustering's: read the parts (with their paths) → keep rows with `status == kept` and no
 caption yet (all kept rows with `recaption`) → decode each row's frames again from its source (CPU tasks, the
@@ -25,7 +25,7 @@ import pyarrow as pa
 from curation import outfs
 from curation.config import CaptionConfig, FramesConfig, LimitsConfig, PipelineConfig
 
-log = logging.getLogger("curation.captioner")
+log = logging.getLogger(__name__)
 
 _READ = ("sample_id", "source_uri", "media_type", "start_frame", "end_frame", "fps", "width", "height", "rotation",
          "ocr_text", "status", "caption")

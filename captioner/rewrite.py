@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 from curation.config import ConfigError
 
-log = logging.getLogger("captioner.rewrite")
+log = logging.getLogger(__name__)
 
 LANGUAGE_NAMES = {"en": "English", "zh": "Simplified Chinese"}
 

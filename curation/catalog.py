@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from curation.config import ConfigError, OperatorSpec, PipelineConfig
+from curation.errors import ConfigError
 from curation.operator import Operator, OperatorConfigError, Resources
+
+if TYPE_CHECKING:  # types only: the config module imports this one
+    from curation.config import OperatorSpec, PipelineConfig
 
 _CATALOG: dict[str, str] = {
     "basic": "operators.basic:BasicShape",

@@ -24,7 +24,7 @@ from curation import outfs
 from curation.dedup import DedupConfig, find_duplicates
 from curation.manifest import set_column, write_table_atomic
 
-log = logging.getLogger("curation.clustering")
+log = logging.getLogger(__name__)
 
 CENTROIDS_FILE = "centroids.npy"
 CENTROIDS_INFO = "centroids.json"

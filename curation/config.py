@@ -11,9 +11,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad pipeline config; the message names the offending key."""
+from curation.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -29,7 +27,7 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class FramesConfig:
-    """The decode-once frame views (DESIGN.md §4)."""
+    """The decode-once frame views (docs/ARCHITECTURE.md, "Frame views")."""
 
     num_frames: int = 8
     short_side: int = 320
@@ -66,7 +64,7 @@ class ClusteringConfig:
 @dataclass(frozen=True)
 class CaptionConfig:
     """Dense captions of the kept rows after clustering: Qwen2-VL with the clip's OCR text in the prompt
-    (captioner/, DESIGN.md §1)."""
+    (captioner/, docs/ARCHITECTURE.md, "The flow")."""
 
     enabled: bool = False
     model: str = "qwen2-vl-7b"  # a model registry key, or a local folder holding a Qwen2-VL checkpoint

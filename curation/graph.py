@@ -146,9 +146,7 @@ def plan(cfg: PipelineConfig) -> GraphPlan:
     ops = [(spec, build_operator(spec)) for spec in cfg.operators]
     extra: dict[str, pa.DataType] = {}
     for _, op in ops:
-        for col, dtype in op.produces.items():
-            if col not in getattr(op, "intermediate", ()):
-                extra[col] = dtype
+        extra.update(op.produces)
     models, _ = config_models(cfg, [op for _, op in ops])  # the same list as `curation models check`
     return GraphPlan(operators=ops, schema=manifest_schema(extra), models=sorted(models))
 
@@ -357,7 +355,7 @@ def run_pipeline(inputs: list[str], output: str | os.PathLike, cfg: PipelineConf
 
 
 def _check_models(keys: list[str]) -> dict[str, Any]:
-    """Resolve every model the run needs before touching data (DESIGN.md §7); fail at once listing what is missing."""
+    """Resolve every model the run needs before touching data (docs/ARCHITECTURE.md, "Models"); fail at once listing what is missing."""
     if not keys:
         return {}
     from curation.models import describe, require

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-log = logging.getLogger("curation.heads_cli")
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 HEAD_FILES = {"synthetic": "synthetic-head", "watermark_head": "watermark-head", "nsfw_head": "nsfw-head"}
@@ -529,7 +529,3 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     for add, _ in COMMANDS.values():
         add(subparsers)
 
-
-def run(args: argparse.Namespace) -> int:
-    """Run whichever of this module's sub-commands was parsed."""
-    return int(args.func(args) or 0)

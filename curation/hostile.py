@@ -422,11 +422,6 @@ def unprivileged_prefix() -> list[str]:
     return [exe, f"--inh-caps={caps}", f"--bounding-set={caps}"]
 
 
-def load_entries(out_dir: str | Path) -> list[HostileFile]:
-    """The entries of a corpus written earlier by `make_hostile`."""
-    return [HostileFile(**e) for e in json.loads((Path(out_dir) / "hostile.json").read_text())]
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m curation.hostile DIR`: write the corpus and list it."""
     argv = sys.argv[1:] if argv is None else argv

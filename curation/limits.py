@@ -14,7 +14,7 @@ helper and fails that row (`DecodeTimeout`). A helper that dies mid-request is r
 (the OOM killer may have picked a healthy decoder); a second death fails the row (`DecoderCrashed`). The helper runs
 with `RLIMIT_DATA` (heap + anonymous mappings) capped at `decoder_memory_bytes()`, so an allocation beyond the cap
 fails inside the decoder (`MemoryError`) instead of growing. The cost is one process start per worker (~1 s of
-imports) and the decoded views crossing a pipe (~3 ms for a clip's ~4 MB); bench/BENCHMARKS_reliability.md has the
+imports) and the decoded views crossing a pipe (~3 ms for a clip's ~4 MB); bench/BENCHMARKS.md, "Reliability" has the
 measurements.
 
 Nothing from the helper is unpickled: replies are a JSON header plus raw array bytes with whitelisted dtypes, so a

@@ -1,4 +1,4 @@
-"""Manifest I/O (DESIGN.md §6): atomic Parquet parts, resume by source, and run.json.
+"""Manifest I/O (docs/ARCHITECTURE.md, "Outputs"): atomic Parquet parts, resume by source, and run.json.
 
 A part file appears only when complete (written under a hidden temporary name, then renamed; on an object store, in
 one PUT: `curation/outfs.py`), and a source's rows

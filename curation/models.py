@@ -1,4 +1,4 @@
-"""Model registry (DESIGN.md §7): every model pinned, resolved from a local cache, checked before a run touches data.
+"""Model registry (docs/ARCHITECTURE.md, "Models"): every model pinned, resolved from a local cache, checked before a run touches data.
 
 Layout of the cache (`CURATION_MODEL_DIR`, default `~/.cache/curation/models`): one folder per registry key holding
 the pinned files under their own names, plus `.pulled.json` recording where and at which revision they came from:
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-log = logging.getLogger("curation.models")
+log = logging.getLogger(__name__)
 
 Kind = Literal["hf", "open_clip", "package_file", "url_file", "local"]
 

@@ -1,4 +1,4 @@
-"""The operator contract (DESIGN.md §3): an operator scores rows, never drops them, and isolates per-row failures."""
+"""The operator contract (docs/ARCHITECTURE.md, "The operator contract"): an operator scores rows, never drops them, and isolates per-row failures."""
 
 from __future__ import annotations
 
@@ -175,6 +175,6 @@ def to_column(values: list[Any], dtype: pa.DataType) -> np.ndarray:
 def _log_row_failure(op: str, row: dict[str, Any], exc: Exception) -> None:
     import logging
 
-    logging.getLogger("curation.operator").warning(
+    logging.getLogger(__name__).warning(
         "operator %s failed on %s: %s\n%s", op, row.get("source_uri"), exc, traceback.format_exc(limit=3)
     )

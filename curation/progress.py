@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 
-log = logging.getLogger("curation.progress")
+log = logging.getLogger(__name__)
 
 
 def format_duration(seconds: float) -> str:

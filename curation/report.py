@@ -1,4 +1,4 @@
-"""`<output>/report.html`: one self-contained page a person reads after a run (DESIGN.md §6).
+"""`<output>/report.html`: one self-contained page a person reads after a run (docs/ARCHITECTURE.md, "Outputs").
 
 What it shows, from `run.json`, `samples/` and `stages/`:
 - the run: inputs, sources listed / processed / resumed, rows per status, time, versions, models;
@@ -37,7 +37,7 @@ import pandas as pd
 
 from curation import outfs
 
-log = logging.getLogger("curation.report")
+log = logging.getLogger(__name__)
 
 REPORT = "report.html"
 SCORE_COLUMNS = ("sharpness", "exposure", "contrast", "black_border_ratio", "motion_score", "camera_motion",

@@ -38,7 +38,7 @@ from curation.config import PipelineConfig, Rule, load_config
 from curation.decide import reasons_for
 from curation.manifest import SAMPLES, counts, part_files, set_column, write_json_atomic, write_table_atomic
 
-log = logging.getLogger("curation.resume")
+log = logging.getLogger(__name__)
 
 PARTS = ("scoring", "decide", "clustering", "stages", "captioning")
 SCORING_KEYS = ("split", "frames", "limits", "image_extensions", "video_extensions", "operators")

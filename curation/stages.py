@@ -37,7 +37,7 @@ from curation import outfs
 from curation.config import Rule, StageSpec
 from curation.manifest import write_table_atomic
 
-log = logging.getLogger("curation.stages")
+log = logging.getLogger(__name__)
 
 STAGES = "stages"
 DROPPED_COLUMNS = ("embedding",)

@@ -11,6 +11,7 @@ That column is a frame view in spirit: the graph drops it before anything is wri
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, ClassVar
 
@@ -20,7 +21,7 @@ import pyarrow as pa
 from curation.operator import Operator, OperatorConfigError, Resources
 from operators.heads import EMBED_DIM, HeadSet
 
-log = logging.getLogger("curation.embedding")
+log = logging.getLogger(__name__)
 
 FRAME_EMBEDDINGS_COLUMN = "clip_frame_embeddings"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -213,7 +214,7 @@ class ClipBackbone:
                 plans = [self.plan(*frames_per_row[r].shape[1:3]) for r, _, _ in chunk]
                 windows = [p.window(frames_per_row[r][a:b]) for p, (r, a, b) in zip(plans, chunk)]
                 host = self._stage(ci % 2, windows)
-                with torch.cuda.stream(self._copy_stream) if cuda else _nullcontext():
+                with torch.cuda.stream(self._copy_stream) if cuda else contextlib.nullcontext():
                     dev = host.to(self.device, non_blocking=True)
                     if cuda:
                         self._staged[ci % 2] = torch.cuda.Event()
@@ -272,14 +273,6 @@ class ClipBackbone:
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 return self.visual(pixels)
         return self.visual(pixels.to(self.input_dtype))
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def mean_embedding(per_frame: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Six-tier motion grading (the paper's motion quality assessment) from dense optical flow on `motion_frames`.
 
 Flow: OpenCV DIS, preset MEDIUM with finest scale 2 and no variational refinement. Measured on 320x180 frames with
-known shifts (bench/BENCHMARKS_ops.md): 1.2 ms per pair and sub-pixel error up to 25 px shifts, 2.6 px error at a
+known shifts (bench/BENCHMARKS.md, "CPU operators"): 1.2 ms per pair and sub-pixel error up to 25 px shifts, 2.6 px error at a
 40 px shift; Farneback with Data-Juicer's settings takes 11 ms and breaks down beyond ~20 px (23 px error at a 27 px
 shift). Fast pans at 4 fps move 20-60 px per pair at 320 px, so Farneback would both cost more and see less.
 
@@ -189,7 +189,7 @@ def motion_stats(motion_frames: np.ndarray, motion_fps: float, dis: cv2.DISOptic
 
 DEFAULT_TIER_PARAMS: dict[str, float] = {
     # Calibrated on curation.samples seed 0 (checked on seed 1); each cut sits near the geometric mean of the
-    # closest values on either side (numbers in bench/BENCHMARKS_ops.md).
+    # closest values on either side (numbers in bench/BENCHMARKS.md, "CPU operators").
     "low_quality_flicker": 0.02,  # flicker_score above this -> low_quality (flicker clips 0.048-0.064, rest < 0.008)
     "low_quality_incoherence": 0.1,  # motion_incoherence above this -> low_quality (erratic 0.26-0.40, rest < 0.05)
     "shaky_shake": 0.003,  # shake_score above this -> shaky (shaky 0.007-0.011, smooth camera < 0.001)

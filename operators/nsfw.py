@@ -53,7 +53,7 @@ EXPOSED_CLASSES = ("FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED", "MALE_GE
                    "ANUS_EXPOSED")
 EXPOSED_IDS = np.array([NUDENET_LABELS.index(c) for c in EXPOSED_CLASSES])
 
-log = logging.getLogger("curation.nsfw")
+log = logging.getLogger(__name__)
 
 
 def letterbox(rgb: np.ndarray, size: int = 320, stride: int = 32) -> np.ndarray:

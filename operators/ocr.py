@@ -61,7 +61,7 @@ import pyarrow as pa
 from curation.operator import Operator, OperatorConfigError, Resources
 from operators.framesel import frames_to_read, pick_frames, same_as_earlier
 
-log = logging.getLogger("curation.ocr")
+log = logging.getLogger(__name__)
 
 
 def union_area_ratio(quads: list[np.ndarray], shape: tuple[int, int]) -> float:

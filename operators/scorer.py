@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from curation.operator import Operator, Resources
 
-log = logging.getLogger("curation.scorer")
+log = logging.getLogger(__name__)
 
 SCALAR_FEATURES = (
     # technical

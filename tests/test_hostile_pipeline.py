@@ -18,7 +18,7 @@ import reliability  # noqa: E402  (bench/reliability.py: the monitored driver an
 pytestmark = pytest.mark.slow
 
 # Bounds asserted on the peak RSS (kernel high-water mark) of each process. Generous, but real: measured peaks on
-# this corpus are ~0.25 GiB per decoder helper and ~0.4 GiB per Ray worker (bench/BENCHMARKS_reliability.md).
+# this corpus are ~0.25 GiB per decoder helper and ~0.4 GiB per Ray worker (bench/BENCHMARKS.md, "Reliability").
 # A decoder that inflated the PNG bomb (256 MiB) or decoded the 12000x12000 SPS (~450 MiB in FFmpeg) would not fit.
 DECODER_PEAK_MB = 400
 WORKER_PEAK_MB = 1024

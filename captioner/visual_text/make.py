@@ -31,7 +31,7 @@ from captioner.visual_text import render as R
 from captioner.visual_text.text import KINDS, make_text
 from curation.config import ConfigError
 
-log = logging.getLogger("curation.visual_text")
+log = logging.getLogger(__name__)
 
 CAPTION_SOURCE = "synthetic_text"
 REJECT_REASON = "ocr_char_accuracy"

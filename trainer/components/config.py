@@ -9,11 +9,11 @@ from typing import Any, TypeVar
 
 import yaml
 
+from curation.errors import ConfigError  # one error class for every config of the project
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A config value is missing, unknown or of the wrong type; the message names the key."""
 
 
 def _type_name(tp: Any) -> str:
