@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from curation.config import FramesConfig
-from curation.frames import decode_video_views, sample_indices, scaled_size
+from curation.ingest.frames import decode_video_views, sample_indices, scaled_size
 
 
 def make_hd_clip(path: Path, n: int = 96) -> None:

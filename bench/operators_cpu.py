@@ -77,9 +77,9 @@ def make_hd_clips(out: Path) -> list[dict]:
 
 
 def decode(clip: dict) -> dict:
-    """The frame views of one clip, exactly as the pipeline decodes them (curation.frames, default FramesConfig)."""
+    """The frame views of one clip, exactly as the pipeline decodes them (curation.ingest.frames, default FramesConfig)."""
     from curation.config import FramesConfig
-    from curation.frames import decode_image_views, decode_video_views
+    from curation.ingest.frames import decode_image_views, decode_video_views
 
     cfg = FramesConfig()
     if clip["media_type"] == "image":

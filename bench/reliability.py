@@ -5,7 +5,7 @@
 
 `run` is a driver (like pipelines/pretrain_mix.py, local Ray) that also
 - samples the peak RSS (the kernel's high-water mark, VmHWM) of every process it started: Ray workers, decoder
-  helpers (curation/limits.py), Ray's own daemons;
+  helpers (curation/ingest/decoder.py), Ray's own daemons;
 - injects a fault while the graph runs (`--fault decoder-crash|decoder-hang|worker-kill`);
 - reads Ray's worker table at the end: how many workers died and why (exit type).
 The tests import the helpers below (tests/test_hostile_pipeline.py, test_driver_crash.py, test_node_loss.py).
@@ -48,7 +48,7 @@ def role_of(cmdline: list[str]) -> str:
     decoder (our helper), worker (a Ray task worker), actor (a Ray actor: job supervisor, Ray Data's stats actor,
     operator actor pools), ray (raylet, GCS, dashboard, agents), driver, or other."""
     cmd = " ".join(cmdline).strip()
-    if "curation.limits" in cmd and "--serve" in cmd:
+    if "curation.ingest" in cmd and "--serve" in cmd:
         return "decoder"
     if cmd.startswith("ray::"):
         title = cmd[5:].split()[0] if len(cmd) > 5 else ""
@@ -604,7 +604,7 @@ def replicated_inputs(src: Path, dst: Path, copies: int) -> list[Path]:
 
 def _listed(inputs: list[Path]) -> set[str]:
     from curation.config import PipelineConfig
-    from curation.sources import list_sources
+    from curation.ingest.sources import list_sources
 
     cfg = PipelineConfig()
     return set(list_sources([str(i) for i in inputs], cfg.image_extensions + cfg.video_extensions).uris)
@@ -856,8 +856,9 @@ def overhead(samples: Path, repeat: int = 5) -> dict:
 
     from curation.config import load_config
     from curation.ingest import source_to_rows
-    from curation.limits import _OPS, DecoderProcess, decoder_memory_bytes
-    from curation.sources import list_sources
+    from curation.ingest.decoder import DecoderProcess, decoder_memory_bytes
+    from curation.ingest.jobs import OPS
+    from curation.ingest.sources import list_sources
 
     cfg = load_config(reliability_config(Path(tempfile.mkdtemp()) / "c.yaml"))
     uris = list_sources([str(samples)], cfg.image_extensions + cfg.video_extensions).uris
@@ -884,12 +885,12 @@ def overhead(samples: Path, repeat: int = 5) -> dict:
     isolated = {"probe_split": [], "views": []}
     transport = {"probe_split": [], "views": []}
     for op, args in requests:
-        _OPS[op](**args)  # warm the page cache and both processes' decoders
+        OPS[op](**args)  # warm the page cache and both processes' decoders
         helper.call(op, args, 120)
         a, b, c = [], [], []
         for _ in range(repeat):
             t = time.perf_counter()
-            _OPS[op](**args)
+            OPS[op](**args)
             a.append(time.perf_counter() - t)
             t = time.perf_counter()
             helper.call(op, args, 120)

@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 
 from curation import outfs
-from curation.config import CaptionConfig, FramesConfig, LimitsConfig, PipelineConfig
+from curation.config import CaptionConfig, LimitsConfig, PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,10 @@ def _decode(batch: pd.DataFrame, cfg: CaptionConfig, limits: LimitsConfig) -> pd
     """Ray map_batches body (CPU task): the captioner's frames of each row, or the decode error."""
     from curation.ingest import row_frames
 
-    frames_cfg = FramesConfig(num_frames=cfg.num_frames, short_side=cfg.short_side, motion_fps=0.5, motion_width=16)
     frames, errors = [], []
     for row in batch.to_dict("records"):
         try:
-            frames.append(row_frames(row, frames_cfg, limits.max_pixels, cfg.decode_timeout_s))
+            frames.append(row_frames(row, cfg.num_frames, cfg.short_side, limits.max_pixels, cfg.decode_timeout_s))
             errors.append(None)
         except Exception as exc:  # noqa: BLE001 - one bad row must not sink the pass
             frames.append(np.zeros((0, 1, 1, 3), np.uint8))  # an empty view, not None: the column stays a tensor

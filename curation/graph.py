@@ -25,7 +25,7 @@ from curation.manifest import SampleWriter, counts, finished_sources, write_json
 from curation.operator import Operator
 from curation.progress import Progress
 from curation.schema import FRAME_VIEW_COLUMNS, base_schema, manifest_schema
-from curation.sources import list_sources
+from curation.ingest.sources import list_sources
 
 log = logging.getLogger(__name__)
 

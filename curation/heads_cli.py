@@ -241,45 +241,25 @@ def sample_annotations(manifest: Path, n: int, out: Path | None = None, seed: in
     return out
 
 
-def write_thumbnail(row: dict[str, Any], dest: Path, short_side: int = 256) -> bool:
-    """Save the middle frame of a clip (or the image) as a JPEG; False when it cannot be decoded."""
+def write_thumbnail(row: dict[str, Any], dest: Path, short_side: int = 256, timeout_s: float = 60.0) -> bool:
+    """Save the middle frame of a clip (or the image) as a JPEG; False when it cannot be decoded. Decoded by the
+    pipeline's decoder (`curation.ingest.row_clip`): same frame numbering, rotation and isolation as the scores."""
     from PIL import Image
 
+    from curation.config import LimitsConfig
+    from curation.ingest import row_clip
+
     try:
-        uri = str(row["source_uri"])
-        if row.get("media_type") == "image":
-            img = Image.open(uri).convert("RGB")
-        else:
-            img = _middle_frame(uri, row.get("start_frame"), row.get("end_frame"), row.get("fps"))
-        scale = short_side / min(img.size)
-        if scale < 1:
-            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BICUBIC)
-        img.save(dest, quality=90)
+        middle = 0
+        if row.get("media_type") != "image":
+            s, e = int(row["start_frame"]), int(row["end_frame"])
+            middle = (s + e) // 2
+        frame = row_clip(row, [middle], short_side, LimitsConfig().max_pixels, timeout_s)[0]
+        Image.fromarray(frame).save(dest, quality=90)
         return True
     except Exception as exc:  # noqa: BLE001 - a missing thumbnail must not stop the annotation set
         log.warning("thumbnail for %s failed: %s", row.get("sample_id"), exc)
         return False
-
-
-def _middle_frame(uri: str, start: Any, end: Any, fps: Any):
-    import av
-
-    with av.open(uri) as container:
-        stream = container.streams.video[0]
-        rate = float(fps or stream.average_rate or 25)
-        s = int(start or 0)
-        e = int(end) if end is not None and not pd.isna(end) else s + 1
-        target = (s + e) // 2
-        ts = int(target / rate / stream.time_base) if stream.time_base else 0
-        container.seek(max(ts, 0), stream=stream, backward=True)
-        last = None
-        for frame in container.decode(stream):
-            last = frame
-            if frame.pts is not None and frame.time is not None and frame.time * rate >= target - 0.5:
-                break
-        if last is None:
-            raise ValueError("no frame decoded")
-        return last.to_image()
 
 
 def train_scorer(annotations: Path, manifest: Path | None = None, out: Path | None = None,

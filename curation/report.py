@@ -15,7 +15,7 @@ What it shows, from `run.json`, `samples/` and `stages/`:
 The page embeds its figures (SVG from matplotlib) and previews (base64 data URIs), so it can be copied off a cluster
 as one file. Every string from the data (file names, OCR text, error messages) is HTML-escaped by the template
 (Jinja2 autoescape): a file named `<script>...` is shown, never run. Previews are decoded with the pipeline's own
-isolated decoder (`curation.ingest.row_views`); one that fails to decode is shown as "no preview". Scores are read
+isolated decoder (`curation.ingest.row_frames`); one that fails to decode is shown as "no preview". Scores are read
 for at most `max_rows` rows (a uniform sample beyond that), so the report stays cheap on a manifest of millions.
 The output may be a local folder or an object-store URL (`curation/outfs.py`).
 """
@@ -261,9 +261,9 @@ def preview(row: dict[str, Any], long_side: int = PREVIEW_LONG_SIDE, timeout_s: 
     """A row's preview as a data URI, or None if it cannot be decoded: for a video, a looping animated WebP of
     PREVIEW_FRAMES frames spread over the middle PREVIEW_WINDOW_S seconds of the clip (real speed, so motion and
     shake show as they are); for an image (or with `animate=False`), a JPEG of one frame. Decoding goes through the
-    pipeline's isolated decoder helper (`curation.ingest.row_views`: time limit, memory cap, a crash stays there)."""
+    pipeline's isolated decoder helper (`curation.ingest.row_frames`: time limit, memory cap, a crash stays there)."""
     from curation.config import LimitsConfig
-    from curation.ingest import row_views
+    from curation.ingest import row_frames
 
     short = _preview_short_side(row, long_side)
     video = row.get("media_type") == "video"
@@ -274,14 +274,11 @@ def preview(row: dict[str, Any], long_side: int = PREVIEW_LONG_SIDE, timeout_s: 
             first = start + (end - start - span) // 2
             n = min(PREVIEW_FRAMES, span)
             window = {**row, "start_frame": first, "end_frame": first + span}
-            frames = row_views(window, {"num_frames": n, "short_side": short, "motion_fps": 0.5,
-                                        "motion_width": 16, "max_motion_frames": 2},
-                               LimitsConfig().max_pixels, timeout_s)[1]["frames"]
+            frames = row_frames(window, n, short, LimitsConfig().max_pixels, timeout_s)
             if len(frames) > 1:
                 return _webp_uri(frames, frame_ms=int(min(500, max(60, 1000 * span / fps / len(frames)))))
         else:
-            frames = row_views(row, {"num_frames": 3, "short_side": short, "motion_fps": 0.5, "motion_width": 16,
-                                     "max_motion_frames": 2}, LimitsConfig().max_pixels, timeout_s)[1]["frames"]
+            frames = row_frames(row, 3, short, LimitsConfig().max_pixels, timeout_s)
         frame = frames[len(frames) // 2]
     except Exception as exc:  # a preview is optional; say why in the log
         log.info("no preview for %s: %s", row.get("sample_id"), exc)

@@ -23,8 +23,8 @@ from curation.config import FramesConfig, load_config, parse_config
 from curation.hostile import (HOSTILE_NAMES, index_frame, make_hostile, png_declaring, read_index,
                               unprivileged_prefix, uri_of, write_video)
 from curation.ingest import attach_views, source_to_rows
-from curation.limits import DecoderError, DecoderProcess, decoder_memory_bytes
-from curation.sources import list_sources
+from curation.ingest.decoder import DecoderError, DecoderProcess, decoder_memory_bytes
+from curation.ingest.sources import list_sources
 
 CFG = load_config(DEMO_CONFIG)
 

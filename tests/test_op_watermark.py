@@ -104,7 +104,7 @@ def test_operator_images_null_and_head_slot(photos):
 def _decoded(path, n: int) -> np.ndarray:
     """The K = 8 uniform `frames` view of a whole encoded clip, through the pipeline's decoder."""
     from curation.config import FramesConfig
-    from curation.frames import decode_video_views
+    from curation.ingest.frames import decode_video_views
 
     return decode_video_views(str(path), 0, n, 24.0, (W, H), 0, FramesConfig()).frames
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from curation.config import LimitsConfig
-from curation.probe import codec_name, probe
+from curation.ingest.probe import codec_name, probe
 
 
 def _write(path, encoder: str, n: int = 6, size: int = 64) -> None:

@@ -184,7 +184,7 @@ def test_remote_download_stays_in_the_temp_dir():
     """A remote object is copied to a temp file named by mkstemp; its name only lends a short suffix."""
     import fsspec
 
-    from curation.sources import open_local
+    from curation.ingest.sources import open_local
 
     fs = fsspec.filesystem("memory")
     for i, name in enumerate(["..%2f..%2fetc%2fpasswd.mp4", "x.mp4/../../../../tmp/evil", "a\nb.mp4", "..", "q'.mp4"]):
@@ -205,7 +205,7 @@ def test_decoder_replies_are_not_unpickled():
     import json
     import struct
 
-    from curation.limits import DecoderError, _pack, _unpack
+    from curation.ingest.decoder import DecoderError, _pack, _unpack
 
     ok = _pack({"ok": True}, {"a": np.arange(6, dtype=np.int64).reshape(2, 3)})
     nh, nb = struct.unpack(">II", ok[:8])
@@ -217,7 +217,7 @@ def test_decoder_replies_are_not_unpickled():
     short = json.dumps({"ok": True, "arrays": [{"name": "x", "dtype": "uint8", "shape": [100]}]}).encode()
     with pytest.raises(DecoderError):
         _unpack(short, b"\x00" * 10)
-    src = (ROOT / "curation" / "limits.py").read_text()
+    src = (ROOT / "curation" / "ingest" / "decoder.py").read_text()
     assert "import pickle" not in src and "pickle.load" not in src
 
 

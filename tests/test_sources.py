@@ -2,7 +2,7 @@
 
 import os
 
-from curation.sources import list_sources, sniff_media_type
+from curation.ingest.sources import list_sources, sniff_media_type
 
 EXTS = (".mp4", ".jpg", ".png")
 
@@ -42,7 +42,7 @@ def test_remote_uri_listing_and_local_copy(tmp_path):
     """Non-local URIs go through fsspec: listed recursively and copied to a temp file for the decoders."""
     import fsspec
 
-    from curation.sources import open_local, read_header
+    from curation.ingest.sources import open_local, read_header
 
     fs = fsspec.filesystem("memory")
     fs.pipe("/bucket/raw/a/clip.mp4", b"\x00\x00\x00\x20ftypisom" + b"\x00" * 100)

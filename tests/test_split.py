@@ -6,7 +6,7 @@ import pytest
 from sklearn.datasets import load_sample_images
 
 from curation.config import SplitConfig
-from curation.split import clips_from_cuts, split_video
+from curation.ingest.split import clips_from_cuts, split_video
 
 
 def test_clips_from_cuts_balances_long_scenes():
@@ -77,7 +77,7 @@ def test_animated_gif_is_a_video_and_a_still_gif_an_image(tmp_path):
     from dataclasses import asdict
 
     from curation.config import FramesConfig, LimitsConfig, SplitConfig
-    from curation.ingest import decode_views, probe_and_split
+    from curation.ingest.jobs import decode_views, probe_and_split
 
     anim = _gif(tmp_path / "anim.gif", 30)
     got = probe_and_split(str(anim), asdict(SplitConfig()), asdict(LimitsConfig()), 30)

@@ -1,4 +1,5 @@
-"""Hard limits on decoding untrusted files: a decoder subprocess per Ray worker, with a deadline and a memory cap.
+"""The decoder process: hard limits on decoding untrusted files, one helper subprocess per Ray worker, with a deadline
+and a memory cap.
 
 Why a subprocess. Probing, scene splitting and frame decoding run FFmpeg (PyAV, decord) and Pillow on whatever
 bytes a source holds. Three failure modes cannot be handled inside the Ray worker that runs the task:
@@ -8,7 +9,7 @@ bytes a source holds. Three failure modes cannot be handled inside the Ray worke
   another worker, where it crashes again — with Ray Data's default of infinite retries the job never ends;
 - a decoder that allocates without limit takes the whole node's memory (and Ray's OOM killer then picks victims).
 
-So each Ray worker keeps one long-lived helper process (`python -m curation.limits --serve`) and sends it one
+So each Ray worker keeps one long-lived helper process (`python -m curation.ingest --serve`) and sends it one
 request per source or clip. The worker waits at most `limits.decode_timeout_s` (+ a small grace), then kills the
 helper and fails that row (`DecodeTimeout`). A helper that dies mid-request is replaced and the request retried once
 (the OOM killer may have picked a healthy decoder); a second death fails the row (`DecoderCrashed`). The helper runs
@@ -44,13 +45,6 @@ from typing import Any
 
 import numpy as np
 
-# A video outside this frame-rate range has broken timing (a zero timescale, a missing or absurd rate); probing
-# refuses it rather than invent clip durations.
-MIN_FPS = 0.1
-MAX_FPS = 1000.0
-# Frame views keep the aspect ratio, but the long side is capped at this multiple of the short side, so a
-# 320x200000 strip cannot turn K frames into gigabytes (such rows are rejected on aspect ratio anyway).
-MAX_VIEW_ASPECT = 8
 # The worker waits this long past the per-file deadline for the helper's own (cooperative) timeout before killing.
 KILL_GRACE_S = 5.0
 # Starting the helper (imports) is not charged to any file's deadline, but it must not hang either.
@@ -163,13 +157,13 @@ class DecoderProcess:
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
     def _start(self) -> None:
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])  # the repository root: curation/ingest/decoder.py
         env = dict(os.environ)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["MALLOC_ARENA_MAX"] = "2"  # glibc arenas per thread would otherwise eat the memory cap in reservations
         env.pop("CURATION_DECODER_ISOLATION", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "curation.limits", "--serve", str(self.memory_bytes)],
+            [sys.executable, "-m", "curation.ingest", "--serve", str(self.memory_bytes)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=env, close_fds=True, cwd=root,
         )
         self.started += 1
@@ -346,8 +340,10 @@ def decoder_process(memory_bytes: int) -> DecoderProcess:
 def run_isolated(op: str, args: dict, timeout_s: float, max_pixels: int) -> tuple[dict, dict[str, np.ndarray]]:
     """Run `op(**args)` in this worker's decoder helper (or inline when isolation is off)."""
     if not isolation_enabled():
+        from curation.ingest.jobs import OPS
+
         try:
-            return _OPS[op](**args)
+            return OPS[op](**args)
         except DecoderError:
             raise
         except Exception as exc:  # noqa: BLE001 - same classification as in the helper
@@ -357,48 +353,6 @@ def run_isolated(op: str, args: dict, timeout_s: float, max_pixels: int) -> tupl
 
 # ----------------------------------------------------------------------------------------------------------------
 # The helper side
-
-
-def _op_probe_split(path: str, split: dict, limits: dict, deadline_s: float) -> tuple[dict, dict]:
-    from curation.ingest import probe_and_split
-
-    return probe_and_split(path, split, limits, deadline_s), {}
-
-
-def _op_views(path: str, media_type: str, start: int, end: int, fps: float | None, coded_wh: list[int],
-              rotation: int, frames: dict, max_pixels: int, deadline_s: float) -> tuple[dict, dict]:
-    from curation.ingest import decode_views
-
-    fv = decode_views(path, media_type, start, end, fps, (int(coded_wh[0]), int(coded_wh[1])), rotation, frames,
-                      max_pixels, deadline_s)
-    arrays = {"frames": fv.frames, "frame_indices": fv.frame_indices, "motion_frames": fv.motion_frames,
-              "motion_frame_indices": fv.motion_frame_indices}
-    return {"motion_fps": float(fv.motion_fps), "decoder": fv.decoder}, arrays
-
-
-def _op_clip(path: str, media_type: str, indices: list[int], fps: float | None, coded_wh: list[int], rotation: int,
-             short_side: int, max_pixels: int, deadline_s: float) -> tuple[dict, dict]:
-    from curation.ingest import decode_clip
-
-    frames, decoder = decode_clip(path, media_type, indices, fps, (int(coded_wh[0]), int(coded_wh[1])), rotation,
-                                  short_side, max_pixels, deadline_s)
-    return {"decoder": decoder}, {"frames": frames}
-
-
-def _op_ping(**_: Any) -> tuple[dict, dict]:
-    # Peak RSS from the kernel's high-water mark of this process image: ru_maxrss would also count the worker's
-    # RSS at fork time (Linux keeps it across exec).
-    peak = 0
-    with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                peak = int(line.split()[1])
-    return {"pid": os.getpid(), "maxrss_kb": peak}, {}
-
-
-_OPS: dict[str, Callable[..., tuple[dict, dict]]] = {
-    "probe_split": _op_probe_split, "views": _op_views, "clip": _op_clip, "ping": _op_ping,
-}
 
 
 def _die_with_parent() -> None:
@@ -434,7 +388,7 @@ def serve(memory_bytes: int) -> None:
         return
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     # Import the decoders now, so that the first request's deadline is not spent on imports.
-    import curation.ingest  # noqa: F401
+    from curation.ingest.jobs import OPS
 
     _write_all(out, _pack_parts({"ready": True}))
     while True:
@@ -448,13 +402,13 @@ def serve(memory_bytes: int) -> None:
         request, _ = _unpack(head, body)
         t0 = time.perf_counter()
         try:
-            result, arrays = _OPS[request["op"]](**request.get("args", {}))
+            result, arrays = OPS[request["op"]](**request.get("args", {}))
             reply = _pack_parts({"ok": True, "result": result, "op_s": time.perf_counter() - t0}, arrays)
         except MemoryError as exc:
             detail = f": {exc}" if str(exc) else ""
             reply = _pack_parts({"ok": False, "kind": "MemoryError",
                                  "message": f"decoding needs more memory than the decoder's cap "
-                                            f"({memory_bytes // 2**20} MiB, see curation/limits.py){detail}"})
+                                            f"({memory_bytes // 2**20} MiB, see curation/ingest/decoder.py){detail}"})
         except Exception as exc:  # noqa: BLE001 - every failure is this file's problem; report it, keep serving
             kind = getattr(exc, "kind", None) or type(exc).__name__
             reply = _pack_parts({"ok": False, "kind": kind, "message": str(exc)})
@@ -478,12 +432,3 @@ def _read_all(f, n: int) -> bytes | None:
         chunks.append(chunk)
         n -= len(chunk)
     return b"".join(chunks)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--serve":
-        serve(int(sys.argv[2]))
-    else:
-        print("usage: python -m curation.limits --serve MEMORY_BYTES (started by the curation workers)",
-              file=sys.stderr)
-        sys.exit(2)

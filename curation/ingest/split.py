@@ -12,7 +12,7 @@ from scenedetect.common import FrameTimecode
 from scenedetect.detectors import AdaptiveDetector, ContentDetector
 
 from curation.config import SplitConfig
-from curation.probe import rotation_cw
+from curation.ingest.probe import rotation_cw
 
 
 class DecodeTimeout(Exception):

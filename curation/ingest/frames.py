@@ -18,7 +18,10 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from curation.config import FramesConfig
-from curation.limits import MAX_VIEW_ASPECT
+
+# Frame views keep the aspect ratio, but the long side is capped at this multiple of the short side, so a
+# 320x200000 strip cannot turn K frames into gigabytes (such rows are rejected on aspect ratio anyway).
+MAX_VIEW_ASPECT = 8
 
 
 @dataclass
@@ -56,11 +59,16 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
 
 
+def uniform_indices(start: int, end: int, k: int) -> np.ndarray:
+    """At most `k` frame indices spread uniformly over the clip [start, end) (the `frames` view's indices)."""
+    k = min(k, max(1, end - start))
+    return np.unique(np.linspace(start, end - 1, k).round().astype(np.int64))
+
+
 def sample_indices(start: int, end: int, fps: float | None, cfg: FramesConfig) -> tuple[np.ndarray, np.ndarray, float]:
     """Frame indices of the uniform view and of the motion view for the clip [start, end), and the motion rate."""
     n = max(1, end - start)
-    k = min(cfg.num_frames, n)
-    uniform = np.unique(np.linspace(start, end - 1, k).round().astype(np.int64))
+    uniform = uniform_indices(start, end, cfg.num_frames)
     src_fps = fps or cfg.motion_fps
     step = max(1, int(round(src_fps / cfg.motion_fps)))
     # Long clips: widen the step rather than carry an unbounded number of motion frames.

@@ -9,8 +9,12 @@ import av
 from PIL import Image
 
 from curation.config import LimitsConfig
-from curation.limits import MAX_FPS, MIN_FPS
-from curation.sources import sniff_media_type
+from curation.ingest.sources import sniff_media_type
+
+# A video outside this frame-rate range has broken timing (a zero timescale, a missing or absurd rate); probing
+# refuses it rather than invent clip durations.
+MIN_FPS = 0.1
+MAX_FPS = 1000.0
 
 
 class ProbeError(Exception):

@@ -1,8 +1,13 @@
-"""Source → clip rows (probe + split), and clip rows → frame views (decode once). Both isolate failures per row.
+"""Ingest: sources → clip rows (probe + split), and clip rows → frames. The one decode API of the project.
 
-The decoding itself (`probe_and_split`, `decode_views`) runs in this worker's decoder helper process
-(`curation.limits`): a per-file time limit that also holds for C code, a memory cap, and a crashed decoder costs
-one row, not the worker. File-system checks, downloads and row building stay in the worker.
+Every consumer of decoded frames goes through here: the graph (`source_to_rows`, `attach_views` → `row_views`),
+captions and report previews (`row_frames`), annotation thumbnails and the trainer (`row_clip`). The decoding itself
+(`curation.ingest.jobs`) runs in this worker's decoder process (`curation.ingest.decoder`): a per-file time limit
+that also holds for C code, a memory cap, and a crashed decoder costs one row, not the worker. File-system checks,
+downloads and row building stay in the worker. Failures are isolated per row.
+
+Modules: `sources` (listing, sniffing, local copies), `probe`, `split` (scene cuts → clips), `frames` (decoders and
+frame views), `jobs` (what the decoder process runs), `decoder` (the process, its limits and its wire format).
 """
 
 from __future__ import annotations
@@ -17,68 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from curation.config import FramesConfig, LimitsConfig, PipelineConfig, SplitConfig
-from curation.frames import FrameViews, decode_image, decode_image_views, decode_video_frames, decode_video_views
-from curation.limits import DecoderError, run_isolated
-from curation.probe import ProbeError, probe
+from curation.config import PipelineConfig
+from curation.ingest.decoder import DecoderError, run_isolated
+from curation.ingest.frames import uniform_indices
+from curation.ingest.jobs import coded_size
+from curation.ingest.probe import ProbeError
+from curation.ingest.sources import SourceError, check_source, file_size, open_local, read_header
 from curation.schema import FRAME_VIEW_COLUMNS, empty_row, failed_row, make_sample_id
-from curation.sources import SourceError, check_source, file_size, open_local, read_header
-from curation.split import split_video
 
 log = logging.getLogger(__name__)
-
-
-def _coded_wh(width: int, height: int, rotation: int) -> tuple[int, int]:
-    return (height, width) if rotation in (90, 270) else (width, height)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# What the decoder helper runs (plain data in, plain data out)
-
-
-def probe_and_split(path: str, split: dict, limits: dict, deadline_s: float) -> dict[str, Any]:
-    """Probe a local file and, for a video, split it into clips within `deadline_s` seconds.
-
-    Returns {"info": probe columns} plus, for videos, "clips", "num_frames", "rotation", "decode_errors"; a failure
-    after a successful probe comes back as "error" next to the probe columns, so the failed row keeps them.
-    """
-    deadline = time.monotonic() + deadline_s
-    lim = LimitsConfig(**limits)
-    info = probe(path, read_header(path), lim)
-    out: dict[str, Any] = {"info": info.as_row()}
-    if info.media_type == "image":
-        return out
-    try:
-        coded = _coded_wh(info.width, info.height, info.rotation)
-        result = split_video(path, info.fps, coded, SplitConfig(**split), deadline=deadline, max_pixels=lim.max_pixels)
-    except Exception as exc:  # noqa: BLE001 - reported with the probe columns
-        out["error"] = f"{type(exc).__name__}: {exc}"
-        return out
-    out.update(clips=[list(c) for c in result.clips], num_frames=result.num_frames, rotation=result.rotation,
-               decode_errors=result.decode_errors)
-    return out
-
-
-def decode_views(path: str, media_type: str, start: int, end: int, fps: float | None, coded_wh: tuple[int, int],
-                 rotation: int, frames: dict, max_pixels: int, deadline_s: float) -> FrameViews:
-    """Decode one clip (or image) into its frame views within `deadline_s` seconds."""
-    cfg = FramesConfig(**frames)
-    if media_type == "image":
-        return decode_image_views(path, cfg, max_pixels=max_pixels)
-    return decode_video_views(path, start, end, fps, coded_wh, rotation, cfg,
-                              deadline=time.monotonic() + deadline_s, max_pixels=max_pixels)
-
-
-def decode_clip(path: str, media_type: str, indices: list[int], fps: float | None, coded_wh: tuple[int, int],
-                rotation: int, short_side: int, max_pixels: int, deadline_s: float) -> tuple[np.ndarray, str]:
-    """Frames `indices` of one clip (or the image) as upright RGB uint8 (N, H, W, 3) within `deadline_s` seconds."""
-    if media_type == "image":
-        return decode_image(path, short_side, max_pixels)[None], "pillow"
-    order = np.asarray(indices, dtype=np.int64)
-    wanted = np.unique(order)
-    decoded, decoder = decode_video_frames(path, wanted, fps, coded_wh, rotation, short_side,
-                                           deadline=time.monotonic() + deadline_s, max_pixels=max_pixels)
-    return decoded[np.searchsorted(wanted, order)], decoder
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -144,7 +96,7 @@ def source_to_rows(uri: str, cfg: PipelineConfig) -> list[dict[str, Any]]:
         return [failed_row(uri, "no decodable video frames", **known)]
     if res["rotation"] != (info["rotation"] or 0):
         # The decoded frames carry a rotation the probe did not see: trust the frames.
-        coded = _coded_wh(info["width"], info["height"], info["rotation"] or 0)
+        coded = coded_size(info["width"], info["height"], info["rotation"] or 0)
         known["rotation"] = res["rotation"]
         known["width"], known["height"] = (coded[1], coded[0]) if res["rotation"] in (90, 270) else coded
     rows = []
@@ -257,7 +209,7 @@ def row_views(row: dict[str, Any], frames: dict[str, Any], max_pixels: int,
         if media == "image":
             coded, start, end, fps = (0, 0), 0, 1, None
         else:
-            coded = _coded_wh(int(row["width"]), int(row["height"]), rot)
+            coded = coded_size(int(row["width"]), int(row["height"]), rot)
             start, end, fps = int(row["start_frame"]), int(row["end_frame"]), float(row["fps"])
         return run_isolated(
             "views", {"path": path, "media_type": media, "start": start, "end": end, "fps": fps,
@@ -278,7 +230,7 @@ def row_clip(row: dict[str, Any], indices: list[int], short_side: int, max_pixel
         if media == "image":
             coded, fps, idx = (0, 0), None, [0]
         else:
-            coded = _coded_wh(int(row["width"]), int(row["height"]), rot)
+            coded = coded_size(int(row["width"]), int(row["height"]), rot)
             fps, idx = float(row["fps"]), [int(i) for i in indices]
         _, arrays = run_isolated(
             "clip", {"path": path, "media_type": media, "indices": idx, "fps": fps, "coded_wh": list(coded),
@@ -287,6 +239,11 @@ def row_clip(row: dict[str, Any], indices: list[int], short_side: int, max_pixel
         return arrays["frames"]
 
 
-def row_frames(row: dict[str, Any], frames: FramesConfig, max_pixels: int, timeout_s: float) -> np.ndarray:
-    """The uniform RGB `frames` view (K, H, W, 3) of one manifest row, decoded again (`row_views`)."""
-    return row_views(row, dataclasses.asdict(frames), max_pixels, timeout_s)[1]["frames"]
+def row_frames(row: dict[str, Any], num_frames: int, short_side: int, max_pixels: int,
+               timeout_s: float) -> np.ndarray:
+    """`num_frames` frames spread uniformly over one manifest row's clip (the graph's `frames` view: same indices,
+    same decoder), as upright RGB uint8 (K, H, W, 3) with short side at most `short_side` (`row_clip`)."""
+    if str(row["media_type"]) == "image":
+        return row_clip(row, [0], short_side, max_pixels, timeout_s)
+    indices = uniform_indices(int(row["start_frame"]), int(row["end_frame"]), num_frames)
+    return row_clip(row, indices.tolist(), short_side, max_pixels, timeout_s)
