@@ -85,7 +85,7 @@ def main() -> None:
     args = ap.parse_args()
     samples = Path(args.samples)
     if not (samples / "labels.parquet").exists():
-        from curation.samples import make_samples
+        from curation.testing.samples import make_samples
 
         make_samples(samples, seed=0)
     labels = pd.read_parquet(samples / "labels.parquet")

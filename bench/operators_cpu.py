@@ -471,7 +471,7 @@ def main() -> None:
 
     cv2.setNumThreads(1)
     if args.make is not None:
-        from curation.samples import make_samples
+        from curation.testing.samples import make_samples
 
         make_samples(args.samples, args.make)
     seed = args.make if args.make is not None else args.seed

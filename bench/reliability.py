@@ -243,7 +243,7 @@ def run_monitored(inputs: list[str], output: str, config: str, fault: str | None
                   limit: int | None = None) -> dict:
     """Run the graph in this process on a local Ray, with memory monitoring and an optional injected fault."""
     from curation.config import load_config
-    from curation.graph import run_pipeline
+    from curation.run import run_pipeline
     from curation.runner import init_ray
 
     cfg = load_config(config)
@@ -754,8 +754,8 @@ SCENARIOS = ("hostile", "decoder_crash", "decoder_hang", "worker_kill", "driver_
 def table(work: Path, only: list[str] | None = None) -> str:
     """Run the scenarios (all, or `only` these, keeping earlier results of the others in work/reliability.json)
     and return the markdown table."""
-    from curation.hostile import make_hostile, unprivileged_prefix
-    from curation.samples import make_samples
+    from curation.testing.hostile import make_hostile, unprivileged_prefix
+    from curation.testing.samples import make_samples
 
     work = work.resolve()  # `ray job submit` runs the driver elsewhere: every path it gets must be absolute
     work.mkdir(parents=True, exist_ok=True)
@@ -938,7 +938,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "overhead":
         samples = Path(args.samples)
         if not (samples / "labels.parquet").exists():
-            from curation.samples import make_samples
+            from curation.testing.samples import make_samples
 
             make_samples(samples, seed=0)
         print(json.dumps(overhead(samples, args.repeat), indent=1))

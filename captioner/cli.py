@@ -1,5 +1,5 @@
 """The captioner's `curation` sub-commands: `visual-text make` (synthetic text images) and `rewrite` (prompt
-rewriting); registered by curation/cli.py through `add_parser`."""
+rewriting); registered by curation/cli/__init__.py through `add_parser`."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The captioning pass: after clustering, caption the kept rows of `<output>/samples/` and fill `caption` and
-`caption_source` in the part files in place (docs/ARCHITECTURE.md, "The flow").
+`caption_source` in the part files in place. `curation.run` orders it among the passes (docs/ARCHITECTURE.md, "The flow").
 
 A Ray Data pass, like clustering's: read the parts (with their paths) → keep rows with `status == kept` and no
 caption yet (all kept rows with `recaption`) → decode each row's frames again from its source (CPU tasks, the
@@ -23,19 +23,14 @@ import pandas as pd
 import pyarrow as pa
 
 from curation import outfs
-from curation.config import CaptionConfig, LimitsConfig, PipelineConfig
+from curation.config import CaptionConfig, LimitsConfig
+from curation.manifest import sample_parts
 
 log = logging.getLogger(__name__)
 
 _READ = ("sample_id", "source_uri", "media_type", "start_frame", "end_frame", "fps", "width", "height", "rotation",
          "ocr_text", "status", "caption")
 _MAX_ERRORS = 5
-
-
-def _parts(output: str) -> list[str]:
-    from curation.manifest import SAMPLES, part_files
-
-    return part_files(outfs.join(output, SAMPLES))
 
 
 def _todo(parts: list[str], recaption: bool) -> int:
@@ -99,22 +94,24 @@ class _Caption:
 
 def _write_part(batch: pd.DataFrame, like: str = "") -> pd.DataFrame:
     """Ray map_groups body: fill one part file's `caption` / `caption_source` for the captioned rows."""
-    from curation.manifest import set_column, write_table_atomic
+    from curation.manifest import rewrite_part, set_column
 
     path = outfs.location_of(str(batch["path"].iloc[0]), like)
-    table = outfs.read_parquet(path)
     got = {s: (c, src) for s, c, src in zip(batch["sample_id"], batch["caption"], batch["caption_source"])
            if isinstance(c, str)}
-    ids = table.column("sample_id").to_pylist()
-    old_c = table.column("caption").to_pylist() if "caption" in table.column_names else [None] * len(ids)
-    old_s = (table.column("caption_source").to_pylist() if "caption_source" in table.column_names
-             else [None] * len(ids))
-    caps = [got[s][0] if s in got else c for s, c in zip(ids, old_c)]
-    srcs = [got[s][1] if s in got else c for s, c in zip(ids, old_s)]
-    if got:
+
+    def fill(table: pa.Table) -> pa.Table:
+        ids = table.column("sample_id").to_pylist()
+        old_c = table.column("caption").to_pylist() if "caption" in table.column_names else [None] * len(ids)
+        old_s = (table.column("caption_source").to_pylist() if "caption_source" in table.column_names
+                 else [None] * len(ids))
+        caps = [got[s][0] if s in got else c for s, c in zip(ids, old_c)]
+        srcs = [got[s][1] if s in got else c for s, c in zip(ids, old_s)]
         table = set_column(table, "caption", pa.array(caps, pa.string()))
-        table = set_column(table, "caption_source", pa.array(srcs, pa.string()))
-        write_table_atomic(table, path)  # readers see the old file or the new one, never half of one
+        return set_column(table, "caption_source", pa.array(srcs, pa.string()))
+
+    if got:
+        rewrite_part(path, fill)
     errors = [e for e in batch["caption_error"] if isinstance(e, str)]
     return pd.DataFrame({"path": [str(path)], "attempted": [len(batch)], "captioned": [len(got)],
                          "failed": [len(errors)], "errors": [errors[:_MAX_ERRORS]]})
@@ -127,7 +124,7 @@ def caption_manifest(output_dir: str | os.PathLike, cfg: CaptionConfig,
 
     out = os.fspath(output_dir)
     t0 = time.perf_counter()
-    parts = _parts(out)
+    parts = sample_parts(out)
     from captioner.qwen2vl import model_name
 
     summary: dict[str, Any] = {"enabled": True, "model": model_name(cfg.model), "model_source": cfg.model,
@@ -173,31 +170,4 @@ def caption_manifest(output_dir: str | os.PathLike, cfg: CaptionConfig,
                    failed=int(stats["failed"].sum()) if len(stats) else 0, error_examples=errors,
                    seconds=round(time.perf_counter() - t0, 3))
     log.info("captioning: %d of %d rows captioned, %d failed", summary["captioned"], todo, summary["failed"])
-    return summary
-
-
-def caption_existing_run(output_dir: str | os.PathLike, cfg: PipelineConfig) -> dict[str, Any]:
-    """`curation caption`: caption an output written earlier (with captioning off, or interrupted), then rewrite
-    its stage mixes so they carry the captions, record the pass in run.json and rewrite report.html."""
-    import dataclasses
-    import json
-
-    from curation.manifest import write_json_atomic
-    from curation.stages import write_stages
-
-    out = os.fspath(output_dir)
-    if not _parts(out):
-        raise FileNotFoundError(f"{outfs.join(out, 'samples')} has no part files: nothing to caption")
-    summary = caption_manifest(out, dataclasses.replace(cfg.captioning, enabled=True), cfg.limits)
-    stages = write_stages(out, cfg.stages)
-    run_path = outfs.join(out, "run.json")
-    if outfs.is_file(run_path):
-        run = json.loads(outfs.read_text(run_path))
-        run["captioning"] = summary
-        run["stages"] = stages
-        write_json_atomic(run, run_path)
-        if cfg.report:
-            from curation.report import build_report
-
-            build_report(out)
     return summary

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from curation import outfs
 from curation.dedup import DedupConfig, find_duplicates
-from curation.manifest import set_column, write_table_atomic
+from curation.manifest import rewrite_part, sample_parts, set_column
 
 log = logging.getLogger(__name__)
 
@@ -182,12 +182,6 @@ def balanced_sample(df: pd.DataFrame, n: int, by: str = "cluster_id", seed: int 
 # -- the post-write pass over <output>/samples/ --------------------------------------------------------------------
 
 
-def _parts(output_dir: str) -> list[str]:
-    from curation.manifest import SAMPLES, part_files
-
-    return part_files(outfs.join(output_dir, SAMPLES))
-
-
 def _eff_kept(status: Any, reasons: Any) -> bool:
     """Kept before this pass: kept, or rejected for no reason but an earlier `duplicate` mark (re-runs)."""
     if status == "kept":
@@ -240,7 +234,13 @@ def _dedup_group(batch: pd.DataFrame, cfg: DedupConfig) -> pd.DataFrame:
 def _rewrite_part(batch: pd.DataFrame, reject_duplicates: bool, like: str = "") -> pd.DataFrame:
     """Ray map_groups body: rewrite one part file with `cluster_id` and `duplicate_of` (it appears whole)."""
     path = outfs.location_of(str(batch["path"].iloc[0]), like)
-    table = outfs.read_parquet(path)
+    table = rewrite_part(path, lambda t: _mark(t, batch, reject_duplicates))
+    n_dup = table.num_rows - table.column("duplicate_of").null_count
+    return pd.DataFrame({"path": [str(path)], "rows": [table.num_rows], "duplicates": [n_dup]})
+
+
+def _mark(table: pa.Table, batch: pd.DataFrame, reject_duplicates: bool) -> pa.Table:
+    """`table` with `cluster_id` and `duplicate_of` from the pass (and duplicate rejections when asked)."""
     cluster = dict(zip(batch["sample_id"], batch["cluster_id"]))
     dup = dict(zip(batch["sample_id"], batch["duplicate_of"]))
     ids = table.column("sample_id").to_pylist()
@@ -248,7 +248,6 @@ def _rewrite_part(batch: pd.DataFrame, reject_duplicates: bool, like: str = "") 
     dof = [None if dup.get(s) is None or pd.isna(dup.get(s)) else str(dup[s]) for s in ids]
     table = set_column(table, "cluster_id", pa.array(cid, pa.int64()))
     table = set_column(table, "duplicate_of", pa.array(dof, pa.string()))
-    n_dup = sum(d is not None for d in dof)
     if reject_duplicates and "reject_reasons" in table.column_names:
         status = table.column("status").to_pylist()
         reasons = table.column("reject_reasons").to_pylist()
@@ -262,8 +261,7 @@ def _rewrite_part(batch: pd.DataFrame, reject_duplicates: bool, like: str = "") 
             reasons[i] = rs
         table = set_column(table, "status", pa.array(status, table.schema.field("status").type))
         table = set_column(table, "reject_reasons", pa.array(reasons, table.schema.field("reject_reasons").type))
-    write_table_atomic(table, path)  # readers see the old file or the new one, never half of one
-    return pd.DataFrame({"path": [str(path)], "rows": [table.num_rows], "duplicates": [n_dup]})
+    return table
 
 
 def cluster_manifest(output_dir: str | os.PathLike, k: int = 100, sample_size: int = 200_000, seed: int = 0,
@@ -275,7 +273,7 @@ def cluster_manifest(output_dir: str | os.PathLike, k: int = 100, sample_size: i
     import ray
 
     out = os.fspath(output_dir)
-    parts = _parts(out)
+    parts = sample_parts(out)
     t0 = time.perf_counter()
     if not parts:
         return {"skipped": "no samples/part-*.parquet"}

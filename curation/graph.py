@@ -1,36 +1,22 @@
-"""The curation graph on Ray Data: sources → probe+split → decode once → operators → decide → manifests."""
+"""The curation graph on Ray Data: sources → probe+split → decode once → operators → decide → rows.
+
+This module builds the graph only (`plan`, `build_dataset`, `conform`); `curation.run` runs it and the passes after it.
+"""
 
 from __future__ import annotations
 
-import logging
-import os
-import platform
-import subprocess
-import time
 from dataclasses import dataclass, field
-from importlib import metadata
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation import outfs
 from curation.catalog import build_operator, config_models
 from curation.config import OperatorSpec, PipelineConfig
 from curation.decide import decide_batch
 from curation.ingest import attach_views, drop_views, source_to_rows
-from curation.manifest import SampleWriter, counts, finished_sources, write_json_atomic
 from curation.operator import Operator
-from curation.progress import Progress
 from curation.schema import FRAME_VIEW_COLUMNS, base_schema, manifest_schema
-from curation.ingest.sources import list_sources
-
-log = logging.getLogger(__name__)
-
-TRACKED_PACKAGES = ("ray", "pyarrow", "torch", "av", "decord", "opencv-python-headless", "scenedetect",
-                    "rapidocr-onnxruntime", "nudenet", "open_clip_torch", "transformers", "scikit-learn")
 
 
 def _source_batch_to_rows(batch: dict[str, np.ndarray], cfg: PipelineConfig) -> pa.Table:
@@ -124,7 +110,7 @@ class _OperatorActor(_Stage):
         self.schema = schema
         self.op = build_operator(spec)
         self.op.setup()
-        self.op._ready = True
+        self.op.mark_ready()
         self.drop_views = drop
         self.decide_cfg = cfg if decide else None
 
@@ -236,152 +222,3 @@ def _cast_column(col: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
     if pa.types.is_null(col.type):
         return pa.chunked_array([pa.nulls(len(col), target)])
     return col.cast(target)
-
-
-def versions() -> dict[str, str]:
-    """Versions of the packages whose behaviour shapes the scores, and the code revision."""
-    out = {"python": platform.python_version()}
-    for pkg in TRACKED_PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    try:
-        here = Path(__file__).resolve().parent
-        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                                           timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        out["git_commit"] = "unknown"
-    return out
-
-
-def run_pipeline(inputs: list[str], output: str | os.PathLike, cfg: PipelineConfig, limit: int | None = None,
-                 config_path: str | None = None, progress_interval_s: float = 30.0,
-                 recompute: bool = False) -> dict[str, Any]:
-    """Run the whole graph over `inputs`, writing manifests under `output`; return the run summary (run.json).
-
-    `progress_interval_s`: log sources done / total, rows/s and an ETA this often while the graph runs (0: never).
-    Resuming: rows scored with another scoring config stop the run (`curation.resume.ResumeError`) unless
-    `recompute`, which re-scores them; rows decided with other thresholds are re-decided from their scores."""
-    from curation.resume import check_resume, fingerprints, part_metadata, redecide_manifest, remove_stale
-
-    output = os.fspath(output)  # a local folder or an object-store URL (curation/outfs.py)
-    outfs.makedirs(output)
-    t0 = time.time()
-    graph = plan(cfg)
-    model_info = _check_models(graph.models)
-    resume = check_resume(output, cfg, recompute=recompute)
-    rows_removed = remove_stale(output, resume)
-
-    listing = list_sources(inputs, cfg.image_extensions + cfg.video_extensions, limit=limit)
-    done = finished_sources(output)
-    todo = [u for u in listing.uris if u not in done]
-    t_list = time.time()
-    log.info("%d sources listed, %d already finished, %d to process", len(listing.uris), len(listing.uris) - len(todo),
-             len(todo))
-
-    writer = SampleWriter(output, graph.schema.with_metadata(part_metadata(cfg)), cfg.rows_per_file)
-    stats = ""
-    if todo:
-        ds = build_dataset(todo, cfg, graph)
-        rows_seen = 0
-        with Progress(len(todo), progress_interval_s) as progress:
-            for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                writer.add_table(conform(table, graph.schema))
-                rows_seen += table.num_rows
-                progress.update(writer.sources_written, rows_seen)
-        stats = ds.stats()
-    incomplete = writer.close()
-    t_graph = time.time()
-    if incomplete:
-        raise RuntimeError(f"internal error: sources with missing clips after the graph finished: {incomplete}")
-    redecided = redecide_manifest(output, cfg)  # rows of earlier runs, when `decide:` changed since
-    clustering = _cluster(output, cfg, refit=resume["refit_centroids"])
-    t_cluster = time.time()
-    captioning = _caption(output, cfg)
-    t_caption = time.time()
-    from curation.stages import write_stages
-
-    stages = write_stages(output, cfg.stages)
-    t_stages = time.time()
-
-    summary: dict[str, Any] = {
-        "name": cfg.name,
-        "profile": cfg.profile,
-        "inputs": inputs,
-        "output": str(output),
-        "config_path": config_path,
-        "config": cfg.to_dict(),
-        "fingerprints": fingerprints(cfg),
-        "resume": {"previous_fingerprints": resume["previous_fingerprints"], "recompute": recompute,
-                   "parts_removed_by_recompute": len(resume["stale_parts"]), "rows_removed_by_recompute": rows_removed,
-                   "unverified_parts": resume["unverified_parts"], "centroids_refit": resume["refit_centroids"],
-                   "redecide": redecided},
-        "versions": versions(),
-        "models": model_info,
-        "operators": [spec.name for spec in cfg.operators],
-        "sources_listed": len(listing.uris),
-        "sources_skipped_as_finished": len(listing.uris) - len(todo),
-        "sources_processed": len(todo),
-        "non_media_files_skipped": len(listing.skipped),
-        "non_media_examples": dict(list(listing.skipped.items())[:20]),
-        "rows_written_this_run": writer.rows_written,
-        "files_written_this_run": writer.files,
-        "counts": counts(output),
-        "clustering": clustering,
-        "captioning": captioning,
-        "stages": stages,
-        "operator_notes": {spec.name: op.note for spec, op in graph.operators if getattr(op, "note", None)},
-        "timings_s": {"listing": round(t_list - t0, 3), "graph": round(t_graph - t_list, 3),
-                      "clustering": round(t_cluster - t_graph, 3), "captioning": round(t_caption - t_cluster, 3),
-                      "stages": round(t_stages - t_caption, 3),
-                      "total": round(time.time() - t0, 3)},
-        "ray_data_stats": stats,
-    }
-    write_json_atomic(summary, outfs.join(output, "run.json"))
-    if cfg.report:
-        # Last, from what is on disk; a report that cannot be made does not undo the run.
-        from curation.report import build_report
-
-        t_report = time.time()
-        try:
-            summary["report"] = str(build_report(output))
-        except Exception as exc:
-            log.warning("report.html not written: %s: %s", type(exc).__name__, exc)
-            summary["report_error"] = f"{type(exc).__name__}: {exc}"
-        summary["timings_s"]["report"] = round(time.time() - t_report, 3)
-        write_json_atomic(summary, outfs.join(output, "run.json"))
-    return summary
-
-
-def _check_models(keys: list[str]) -> dict[str, Any]:
-    """Resolve every model the run needs before touching data (docs/ARCHITECTURE.md, "Models"); fail at once listing what is missing."""
-    if not keys:
-        return {}
-    from curation.models import describe, require
-
-    require(keys)
-    return describe(keys)
-
-
-def _caption(output: str, cfg: PipelineConfig) -> dict[str, Any]:
-    """Caption the kept rows (Qwen2-VL + OCR text), a Ray pass after clustering; off: say so in run.json."""
-    if not cfg.captioning.enabled:
-        return {"enabled": False, "note": "captioning is off (captioning.enabled); `caption` stays null"}
-    from captioner.manifest import caption_manifest
-
-    return caption_manifest(output, cfg.captioning, cfg.limits)
-
-
-def _cluster(output: str, cfg: PipelineConfig, refit: bool = False) -> dict[str, Any]:
-    """Fit k-means on the written embeddings, assign every row and mark near-duplicates (a second Ray pass);
-    `refit`: fit new centroids even if `centroids.npy` exists (its k, seed or sample size changed)."""
-    c = cfg.clustering
-    if not c.enabled:
-        return {"enabled": False}
-    from curation.clustering import cluster_manifest
-    from curation.dedup import DedupConfig
-
-    dedup = DedupConfig(cos_threshold=c.cos_threshold, hamming_threshold=c.hamming_threshold, use_phash=c.use_phash)
-    return cluster_manifest(output, k=c.k, sample_size=c.sample_size, seed=c.seed, refit=c.refit or refit,
-                            dedup=dedup, reject_duplicates=c.reject_duplicates)

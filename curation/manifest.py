@@ -12,6 +12,7 @@ import os
 import secrets
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,22 @@ STAGES = "stages"
 
 
 def part_files(directory: str | os.PathLike) -> list[str]:
-    """Completed part files of a manifest directory, as locations (temporary files are hidden and ignored)."""
+    """Completed part files of a manifest directory, as locations (temporary files are hidden and ignored).
+    The one place that lists part files: every pass and verb goes through here (or `sample_parts`)."""
     return outfs.list_files(directory, "part-*.parquet")
+
+
+def sample_parts(output: str | os.PathLike) -> list[str]:
+    """Completed part files of an output's `samples/` (the rows every later pass reads and rewrites)."""
+    return part_files(outfs.join(output, SAMPLES))
+
+
+def rewrite_part(path: str, change: Callable[[pa.Table], pa.Table]) -> pa.Table:
+    """Read one part file, apply `change` to its table and write the result back atomically (readers see the old
+    file or the new one, never half of one); return the new table. What every post-pass uses to update rows."""
+    table = change(outfs.read_parquet(path))
+    write_table_atomic(table, path)
+    return table
 
 
 def read_manifest(directory: str | os.PathLike, columns: list[str] | None = None, *, exclude: tuple[str, ...] = (),
@@ -171,7 +186,7 @@ def require_output(output: str | os.PathLike, verb: str = "this command") -> Pat
     if outfs.is_url(output):
         out: Path | str = os.fspath(output)
         has_run = outfs.is_file(outfs.join(out, RUN_JSON))
-        has_samples = bool(part_files(outfs.join(out, SAMPLES)))  # an object store has no empty folders
+        has_samples = bool(sample_parts(out))  # an object store has no empty folders
     else:
         out = Path(output)
         if not out.exists():

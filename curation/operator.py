@@ -101,7 +101,12 @@ class Operator:
         state = dict(self.__dict__)
         for key in self.transient:
             state.pop(key, None)
+        state["_ready"] = False  # the copy has none of the models: it sets up again before its first batch
         return state
+
+    def mark_ready(self) -> None:
+        """Record that `setup()` has run (an actor calls it itself before serving), so `__call__` does not redo it."""
+        self._ready = True
 
     def setup(self) -> None:
         """Load models once per actor (never at import time)."""

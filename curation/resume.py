@@ -26,17 +26,15 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from curation import outfs
-from curation.config import PipelineConfig, Rule, load_config
+from curation.config import PipelineConfig, Rule
 from curation.decide import reasons_for
-from curation.manifest import SAMPLES, counts, part_files, set_column, write_json_atomic, write_table_atomic
+from curation.manifest import rewrite_part, sample_parts, set_column
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +162,7 @@ def check_resume(output: str | os.PathLike, cfg: PipelineConfig, recompute: bool
     """Whether `cfg` may resume into `output`: raise ResumeError when stored rows were scored with another scoring
     config (unless `recompute`); return what the run must do (`stale_parts` to remove, `refit_centroids`)."""
     output = os.fspath(output)
-    parts = part_files(outfs.join(output, SAMPLES))
+    parts = sample_parts(output)
     new = fingerprints(cfg)
     run = read_run(output)
     recorded = _recorded(run)
@@ -271,18 +269,24 @@ def redecide_manifest(output: str | os.PathLike, cfg: PipelineConfig, force: boo
     recorded = _recorded(read_run(output))
     keep_dup = cfg.clustering.enabled and cfg.clustering.reject_duplicates
     summary = {"parts": 0, "parts_redecided": 0, "rows_redecided": 0, "rows_changed": 0}
-    for p in part_files(outfs.join(output, SAMPLES)):
+    for p in sample_parts(output):
         summary["parts"] += 1
         schema = outfs.parquet_schema(p)
         stamp = _part_stamp(p, schema)
         if not force and (stamp.get("decide") or recorded.get("decide")) == new["decide"]:
             continue
-        table = outfs.read_parquet(p)
-        table, changed = redecide_table(table, cfg.decide, keep_dup)
         if "scoring" not in stamp and recorded.get("scoring"):
             stamp["scoring"] = recorded["scoring"]  # what run.json says this legacy part was scored with
         stamp["decide"] = new["decide"]
-        write_table_atomic(table.replace_schema_metadata(_stamp(table.schema, stamp).metadata), p)
+        changes: list[int] = []
+
+        def redecide(table: pa.Table, stamp: dict[str, str] = stamp) -> pa.Table:
+            table, changed = redecide_table(table, cfg.decide, keep_dup)
+            changes.append(changed)
+            return table.replace_schema_metadata(_stamp(table.schema, stamp).metadata)
+
+        table = rewrite_part(p, redecide)
+        changed = changes[0]
         summary["parts_redecided"] += 1
         summary["rows_redecided"] += table.num_rows
         summary["rows_changed"] += changed
@@ -291,93 +295,3 @@ def redecide_manifest(output: str | os.PathLike, cfg: PipelineConfig, force: boo
         log.info("decide: re-decided %d rows in %d part files from their stored scores (%d changed)",
                  summary["rows_redecided"], summary["parts_redecided"], summary["rows_changed"])
     return summary
-
-
-# -- `curation decide OUT --config C` ------------------------------------------------------------------------------
-
-
-def decide_existing_run(output: str | os.PathLike, cfg: PipelineConfig,
-                        config_path: str | None = None) -> dict[str, Any]:
-    """Re-decide every stored row of an output with `cfg`'s rules, re-run clustering's duplicate marking (when
-    enabled), rewrite the stage mixes, run.json and report.html. Raises ResumeError when the output was scored with
-    another scoring config, FileNotFoundError when it holds no rows. Clustering needs Ray (started by the caller)."""
-    from curation.graph import _cluster
-    from curation.stages import write_stages
-
-    output = os.fspath(output)
-    if not part_files(outfs.join(output, SAMPLES)):
-        raise FileNotFoundError(f"{output}/samples/ has no part files: not a pipeline output, or nothing written yet")
-    plan = check_resume(output, cfg)
-    t0 = time.time()
-    decided = redecide_manifest(output, cfg, force=True)
-    t_decide = time.time()
-    clustering = _cluster(output, cfg, refit=plan["refit_centroids"])
-    t_cluster = time.time()
-    stages = write_stages(output, cfg.stages)
-    t_stages = time.time()
-    run = read_run(output) or {"output": str(output)}
-    run.update(config=cfg.to_dict(), config_path=config_path, fingerprints=fingerprints(cfg), counts=counts(output),
-               stages=stages, decide_pass={**decided, "by": "curation decide"})
-    if cfg.clustering.enabled:
-        run["clustering"] = clustering
-    if cfg.captioning.enabled:
-        missing = _uncaptioned_kept(output)
-        if missing:
-            cap = dict(run.get("captioning") or {})
-            cap["uncaptioned_kept_rows"] = missing
-            cap["note"] = (f"{missing} kept rows have no caption (newly kept by the new thresholds): run "
-                           f"`curation caption {output} --config <config>`")
-            run["captioning"] = cap
-    run["timings_s"] = {**(run.get("timings_s") or {}), "decide": round(t_decide - t0, 3),
-                        "clustering": round(t_cluster - t_decide, 3), "stages": round(t_stages - t_cluster, 3)}
-    write_json_atomic(run, outfs.join(output, "run.json"))
-    if cfg.report:
-        from curation.report import build_report
-
-        try:
-            run["report"] = str(build_report(output))
-        except Exception as exc:  # noqa: BLE001 - as in a run: a report that cannot be made does not undo the pass
-            log.warning("report.html not written: %s: %s", type(exc).__name__, exc)
-            run["report_error"] = f"{type(exc).__name__}: {exc}"
-        write_json_atomic(run, outfs.join(output, "run.json"))
-    return run
-
-
-def _uncaptioned_kept(output: str) -> int:
-    from curation.manifest import read_manifest
-
-    t = read_manifest(outfs.join(output, SAMPLES), ["status", "caption"], only_existing=True)
-    if t.num_rows == 0 or "caption" not in t.column_names:
-        return 0
-    return sum(1 for s, c in zip(t.column("status").to_pylist(), t.column("caption").to_pylist())
-               if s == "kept" and c is None)
-
-
-def main_decide(output: str, config: str, address: str | None = None) -> int:
-    """`curation decide`: validate, refuse a mismatched output before Ray starts, re-decide, print the counts."""
-    from curation.manifest import require_output
-
-    cfg = load_config(config)  # ConfigError: the CLI prints it
-    require_output(output, "decide")  # OutputError (not a pipeline output): the CLI prints it
-    if not part_files(outfs.join(output, SAMPLES)):
-        print(f"error: {output}/samples/ has no part files: not a pipeline output, or nothing written yet",
-              file=sys.stderr)
-        return 2
-    try:
-        check_resume(output, cfg)
-    except ResumeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if cfg.clustering.enabled:  # the duplicate marks are re-derived by clustering's Ray pass
-        from curation.runner import init_ray
-
-        init_ray(address)
-    run = decide_existing_run(output, cfg, config_path=str(Path(config).resolve()))
-    d = run["decide_pass"]
-    print(f"re-decided {d['rows_redecided']} rows in {d['parts_redecided']} part files from their stored scores "
-          f"({d['rows_changed']} decisions changed)")
-    for name, st in (run.get("stages") or {}).items():
-        print(f"stage {name}: {st['rows']} rows")
-    print(json.dumps({"counts": run["counts"]}, sort_keys=True))
-    return 0
-

@@ -68,7 +68,8 @@ def format_counts(summary: dict) -> str:
 def main_run(inputs: list[str], output: str, config: str, limit: int | None = None,
              address: str | None = None, progress_interval_s: float = 30.0, recompute: bool = False) -> int:
     """Validate the config, start/join Ray, run, write manifests and print the counts."""
-    from curation.graph import plan, run_pipeline
+    from curation.graph import plan
+    from curation.run import run_pipeline
     from curation.manifest import OutputError, check_new_output
     from curation.models import ModelNotFoundError
     from curation.models import require as require_models

@@ -34,32 +34,13 @@ import pandas as pd
 import pyarrow as pa
 
 from curation import outfs
-from curation.config import Rule, StageSpec
-from curation.manifest import write_table_atomic
+from curation.config import StageSpec
+from curation.decide import rule_passes
+from curation.manifest import STAGES, write_table_atomic
 
 log = logging.getLogger(__name__)
 
-STAGES = "stages"
 DROPPED_COLUMNS = ("embedding",)
-
-
-def _passes(values: pd.Series, rule: Rule) -> np.ndarray:
-    """Rows whose value is present and satisfies the rule."""
-    present = values.notna().to_numpy()
-    ok = present.copy()
-    if rule.reject_if_true:
-        ok &= ~values.fillna(False).astype(bool).to_numpy()
-    if rule.exclude:
-        ok &= ~values.astype(str).isin(rule.exclude).to_numpy()
-    if rule.min is not None or rule.max is not None:
-        num = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
-        ok &= ~np.isnan(num)
-        with np.errstate(invalid="ignore"):
-            if rule.min is not None:
-                ok &= num >= rule.min
-            if rule.max is not None:
-                ok &= num <= rule.max
-    return ok
 
 
 def select(df: pd.DataFrame, st: StageSpec) -> pd.DataFrame:
@@ -76,7 +57,7 @@ def select(df: pd.DataFrame, st: StageSpec) -> pd.DataFrame:
         if st.max_duration_s is not None:
             ok &= ~video | (dur <= st.max_duration_s)
     for rule in st.where:
-        ok &= _passes(df[rule.column], rule)
+        ok &= rule_passes(df[rule.column], rule)
     if not st.include_duplicates and "duplicate_of" in df:
         ok &= df["duplicate_of"].isna().to_numpy()
     return df[ok]

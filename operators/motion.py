@@ -27,7 +27,7 @@ pair (a compression glitch, a missed cut) unable to move the clip.
   objects that move smoothly change it little (only at their edges), flow that does not hang together (glitches,
   content jumping about independently, chaotic crowds) changes it everywhere.
 
-Tiers, first match wins (thresholds are operator params, calibrated on `curation.samples`):
+Tiers, first match wins (thresholds are operator params, calibrated on `curation.testing.samples`):
 `low_quality` (flicker or incoherent flow) → `shaky` → `static` (no motion anywhere) → `camera_driven` (camera motion
 dominates: objects move less than a quarter of it) → `optimal` (clear object motion below a speed cap) → `medium`
 (the rest: small or slow movers, or too fast).
@@ -188,7 +188,7 @@ def motion_stats(motion_frames: np.ndarray, motion_fps: float, dis: cv2.DISOptic
 
 
 DEFAULT_TIER_PARAMS: dict[str, float] = {
-    # Calibrated on curation.samples seed 0 (checked on seed 1); each cut sits near the geometric mean of the
+    # Calibrated on curation.testing.samples seed 0 (checked on seed 1); each cut sits near the geometric mean of the
     # closest values on either side (numbers in bench/BENCHMARKS.md, "CPU operators").
     "low_quality_flicker": 0.02,  # flicker_score above this -> low_quality (flicker clips 0.048-0.064, rest < 0.008)
     "low_quality_incoherence": 0.1,  # motion_incoherence above this -> low_quality (erratic 0.26-0.40, rest < 0.05)

@@ -17,7 +17,7 @@ Classical computer vision on the K uniform `frames`, no model:
    sparse, a logo is a compact block of persistent edges: a component's evidence is
    `(persistent pixels / zone area) × fill`, where fill = persistent pixels / bounding-box area.
 5. `watermark_score` = `1 / (1 + (evidence_mid / e)^3)` for the strongest component e over all zones, in [0, 1];
-   0.5 at `evidence_mid` (0.0032). Calibration (bench/BENCHMARKS.md, "CPU operators"): the corner logos of `curation.samples`
+   0.5 at `evidence_mid` (0.0032). Calibration (bench/BENCHMARKS.md, "CPU operators"): the corner logos of `curation.testing.samples`
    (seeds 0 and 1, 14 % of the width, alpha 0.4-0.6) give e >= 0.0065, clean sample clips and plain pans <= 0.0016;
    the default sits near their geometric mean. Synthetic logos of 7, 9 and 14 % of the width over pans of every
    sample photo: 23 of 24 found (the miss: a 7 % white logo over bright haze).

@@ -28,7 +28,7 @@ def run_pipeline_cli(inputs, output, config=DEMO_CONFIG, extra=(), env=None, tim
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
     """The labeled sample set, seed 0."""
-    from curation.samples import make_samples
+    from curation.testing.samples import make_samples
 
     d = tmp_path_factory.mktemp("samples")
     make_samples(d, seed=0)

@@ -180,7 +180,7 @@ def test_scorer_train_names_bad_scores_and_too_few_labels(tmp_path, capsys):
 
 def test_scorer_sample_says_when_fewer_rows_exist_than_asked(tmp_path, capsys, caplog):
     out = _fake_output(tmp_path / "out", n=17)
-    with caplog.at_level("WARNING", logger="curation.heads_cli"):
+    with caplog.at_level("WARNING", logger="curation.cli.scorer"):
         assert main(["scorer", "sample", "--manifest", str(out), "--n", "500"]) == 0
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("asked for 500" in m and "only 16" in m for m in warned), warned  # 16 kept rows of 17

@@ -131,7 +131,7 @@ def test_heads_train_cli(tmp_path, capsys):
     import skimage.data
     from PIL import Image
 
-    from curation.heads_cli import add_heads_parser
+    from curation.cli.heads import add_heads_parser
 
     rng = np.random.default_rng(0)
     photo = skimage.data.astronaut()

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import DEMO_CONFIG, ROOT
 from curation.config import FramesConfig, load_config, parse_config
-from curation.hostile import (HOSTILE_NAMES, index_frame, make_hostile, png_declaring, read_index,
+from curation.testing.hostile import (HOSTILE_NAMES, index_frame, make_hostile, png_declaring, read_index,
                               unprivileged_prefix, uri_of, write_video)
 from curation.ingest import attach_views, source_to_rows
 from curation.ingest.decoder import DecoderError, DecoderProcess, decoder_memory_bytes

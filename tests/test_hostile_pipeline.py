@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT
-from curation.hostile import make_hostile, uri_of, unprivileged_prefix
+from curation.testing.hostile import make_hostile, uri_of, unprivileged_prefix
 
 sys.path.insert(0, str(ROOT / "bench"))
 import reliability  # noqa: E402  (bench/reliability.py: the monitored driver and fault injection)

@@ -182,7 +182,7 @@ def _output(tmp_path: Path) -> Path:
     """A small output over real media files, probed and split as the pipeline does (`source_to_rows`), with scores,
     an OCR text and a file name that are HTML, and an annotation set drawn by `curation scorer sample`."""
     from curation.config import PipelineConfig
-    from curation.heads_cli import sample_annotations
+    from curation.cli.scorer import sample_annotations
     from curation.ingest import source_to_rows
 
     rows = [r for f in _media(tmp_path / "media") for r in source_to_rows(str(f), PipelineConfig())]
@@ -215,7 +215,7 @@ def _label_session(tmp_path: Path) -> None:
     """One end-to-end labelling session on a fresh output (see the test above)."""
     from playwright.sync_api import expect
 
-    from curation.heads_cli import train_scorer
+    from curation.cli.scorer import train_scorer
     from tests.browser import chromium
 
     tmp_path.mkdir(parents=True)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from curation import heads_cli, models
+from curation import models
+from curation.cli import models as models_cli
 
 
 @pytest.fixture(autouse=True)
@@ -95,10 +96,10 @@ def test_models_for_config_and_cli_check(tmp_path, capsys):
             {"name": "nsfw"},
         ],
     }
-    keys = heads_cli.models_for_config(cfg)
+    keys = models_cli.models_for_config(cfg)
     assert {"clip-vit-l-14", "laion-aesthetic-l14", "synthetic-head", "quality-scorer"} <= set(keys)
     parser = argparse.ArgumentParser()
-    heads_cli.add_models_parser(parser.add_subparsers())
+    models_cli.add_models_parser(parser.add_subparsers())
     args = parser.parse_args(["models", "check", "--keys", "nudenet", "clip-vit-l-14", "--model-dir", str(tmp_path)])
     assert args.func(args) == 1
     out = capsys.readouterr()
@@ -130,7 +131,7 @@ def test_every_how_to_get_command_parses():
 
 def _models_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
-    heads_cli.add_models_parser(parser.add_subparsers())
+    models_cli.add_models_parser(parser.add_subparsers())
     args = parser.parse_args(argv)
     return args.func(args)
 

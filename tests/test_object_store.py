@@ -134,7 +134,7 @@ def test_pipeline_writes_to_s3_and_resumes(s3env, tmp_path):
     """`--output s3://...`: a run writes samples, stages, centroids, run.json and report into the bucket; a re-run
     with more inputs processes only the new sources."""
     from curation import outfs
-    from curation.samples import make_samples
+    from curation.testing.samples import make_samples
 
     made = tmp_path / "made"
     make_samples(made, seed=0, categories=["images", "camera"])

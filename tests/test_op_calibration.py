@@ -1,4 +1,4 @@
-"""The CPU operators on the labeled sample set (curation.samples), decoded the pipeline's way (curation.ingest.frames).
+"""The CPU operators on the labeled sample set (curation.testing.samples), decoded the pipeline's way (curation.ingest.frames).
 
 Checks the calibrated defaults against ground truth on two seeds: motion tier accuracy >= 90 %, OCR character recall
 >= 90 % for English and Chinese subtitles, every corner-logo clip above the watermark threshold and no clean clip,
@@ -14,7 +14,7 @@ import pytest
 
 from curation.config import FramesConfig
 from curation.ingest.frames import decode_image_views, decode_video_views
-from curation.samples import make_samples
+from curation.testing.samples import make_samples
 from operators.motion import MotionGrading
 from operators.nsfw import NudeNetNsfw
 from operators.ocr import OcrText

@@ -150,7 +150,7 @@ def test_demo_fills_embedding_clusters_and_duplicates(demo_output):
 def test_demo_fills_quality_score_from_the_demo_scorer(demo_output, sample_dir):
     """`quality_score` comes from the scorer that `make demo` trains on another seed's sample set (proxy labels from
     the generator's ground truth); on the demo's own clips, unseen in training, it must rank like those labels."""
-    from curation.heads_cli import proxy_annotations
+    from curation.cli.scorer import proxy_annotations
 
     out, _ = demo_output
     df = pd.read_parquet(out / "samples")

@@ -38,7 +38,7 @@ def _output(tmp_path: Path) -> Path:
     statuses, scores, a near-duplicate mark and hostile OCR text by hand."""
     from curation.config import PipelineConfig
     from curation.ingest import source_to_rows
-    from curation.samples import make_samples
+    from curation.testing.samples import make_samples
 
     media = tmp_path / "media"
     make_samples(media, seed=0, categories=["images", "camera"])

@@ -56,7 +56,7 @@ def _check_duplicates(rows: dict[str, dict]) -> int:
 
 @pytest.fixture(scope="module")
 def small_set(tmp_path_factory):
-    from curation.samples import make_samples
+    from curation.testing.samples import make_samples
 
     d = tmp_path_factory.mktemp("resume_samples")
     make_samples(d, seed=0, categories=["static", "camera", "logos", "structural", "images", "broken"])

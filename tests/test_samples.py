@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curation.samples import LABELS_SCHEMA, make_samples
+from curation.testing.samples import LABELS_SCHEMA, make_samples
 
 MOTION_TIERS = {"optimal", "medium", "static", "camera_driven", "low_quality", "shaky"}
 # Categories regenerated for the determinism checks: cheap ones that still cover sensor grain (the still subtitle

@@ -74,7 +74,7 @@ def test_operator_fills_or_leaves_null(tmp_path):
 def test_scorer_sample_and_train_cli(tmp_path, capsys):
     from PIL import Image
 
-    from curation.heads_cli import add_scorer_parser
+    from curation.cli.scorer import add_scorer_parser
     from curation.schema import manifest_schema
 
     rows, labels = _rows(60, seed=1)

@@ -72,7 +72,7 @@ def host_allowed(host_header: str | None) -> bool:
 def load_items(annotations: Path) -> tuple[list[dict[str, Any]], str | None]:
     """The rows of an annotation set joined with their manifest rows (`curation scorer sample` order), and the
     manifest path."""
-    from curation.heads_cli import AnnotationError
+    from curation.cli.scorer import AnnotationError
     from curation.manifest import SAMPLES, read_manifest
     from curation.report import ROW_COLUMNS
 

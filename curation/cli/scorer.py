@@ -1,6 +1,4 @@
-"""Command-line pieces behind `curation heads train`, `curation scorer sample|train|proxy-labels` and
-`curation models pull|check`, as argparse `add_*_parser(subparsers)` / `run_*(args)` pairs for `curation/cli.py`.
-"""
+"""`curation scorer sample|train|proxy-labels|demo`: the expert quality scorer's annotation → training loop."""
 
 from __future__ import annotations
 
@@ -16,109 +14,6 @@ import numpy as np
 import pandas as pd
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-HEAD_FILES = {"synthetic": "synthetic-head", "watermark_head": "watermark-head", "nsfw_head": "nsfw-head"}
-
-
-# -- curation heads train ----------------------------------------------------------------------------------------
-
-
-def add_heads_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """`curation heads train {synthetic,watermark_head,nsfw_head} --real DIR --fake DIR`."""
-    p = subparsers.add_parser("heads", help="train linear heads on CLIP embeddings")
-    sub = p.add_subparsers(dest="heads_cmd", required=True)
-    t = sub.add_parser("train", help="train a linear probe (UnivFD-style) and report held-out average precision")
-    t.add_argument("head", choices=sorted(HEAD_FILES))
-    t.add_argument("--real", required=True, type=Path, help="folder of negative images (real / clean / safe)")
-    t.add_argument("--fake", required=True, type=Path,
-                   help="folder of positive images (synthetic / watermarked / nsfw)")
-    t.add_argument("--out", type=Path, default=None, help="output .safetensors (default: the registry path)")
-    t.add_argument("--model-dir", default=None, help="model cache (default $CURATION_MODEL_DIR)")
-    t.add_argument("--arch", default="ViT-L-14")
-    t.add_argument("--weights", default="clip-vit-l-14", help="registry key or file; 'none' = random (tests only)")
-    t.add_argument("--allow-random-weights", action="store_true", help=argparse.SUPPRESS)
-    t.add_argument("--device", default="auto")
-    t.add_argument("--batch-images", type=int, default=64)
-    t.add_argument("--test-size", type=float, default=0.25)
-    t.add_argument("--seed", type=int, default=0)
-    t.set_defaults(func=run_heads)
-    return p
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files under `folder`, sorted (recursive)."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-def embed_images(paths: list[Path], arch: str, weights: str | None, device: str = "auto", batch_images: int = 64,
-                 model_dir: str | None = None) -> np.ndarray:
-    """Raw (unnormalised) CLIP image embeddings (N, 768) of image files, through the operator's backbone path."""
-    from PIL import Image
-
-    from curation import models
-    from operators.embedding import ClipBackbone
-
-    weights_path = weights
-    if weights and "/" not in weights:
-        weights_path = str(models.require([weights], model_dir)[weights])
-    bb = ClipBackbone(arch=arch, weights_path=weights_path, device=device, batch_images=batch_images)
-    bb.load()
-    out = []
-    for s in range(0, len(paths), batch_images):
-        frames = []
-        for p in paths[s:s + batch_images]:
-            with Image.open(p) as im:
-                frames.append(np.asarray(im.convert("RGB"))[None])
-        out.extend(e[0] for e in bb.embed(frames))
-    return np.stack(out).astype(np.float32)
-
-
-def train_probe(x: np.ndarray, y: np.ndarray, test_size: float = 0.25, seed: int = 0):
-    """Logistic-regression probe on unnormalised embeddings; held-out average precision, then refit on all."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import average_precision_score
-    from sklearn.model_selection import train_test_split
-
-    from operators.heads import LinearHead
-
-    tr, te = train_test_split(np.arange(len(y)), test_size=test_size, random_state=seed, stratify=y)
-    clf = LogisticRegression(C=1.0, max_iter=5000).fit(x[tr], y[tr])
-    ap = float(average_precision_score(y[te], clf.predict_proba(x[te])[:, 1]))
-    prevalence = float(np.mean(y[te]))  # the AP of a random scorer
-    final = LogisticRegression(C=1.0, max_iter=5000).fit(x, y)
-    head = LinearHead(weight=final.coef_[0].astype(np.float32), bias=float(final.intercept_[0]), normalize=False)
-    metrics = {"heldout_average_precision": ap, "heldout_positive_rate": prevalence, "n_train": int(len(tr)),
-               "n_heldout": int(len(te)), "refit_on": "all images"}
-    return head, metrics
-
-
-def run_heads(args: argparse.Namespace) -> int:
-    """Embed the two folders, train the probe, report held-out AP, save safetensors."""
-    from curation import models
-    from operators.heads import save_linear_head
-
-    real, fake = list_images(args.real), list_images(args.fake)
-    if len(real) < 4 or len(fake) < 4:
-        print(f"need ≥ 4 images in each folder, got {len(real)} real / {len(fake)} fake", file=sys.stderr)
-        return 2
-    weights = None if str(args.weights).lower() == "none" else args.weights
-    if weights is None and not args.allow_random_weights:
-        print("--weights none trains on random features; refusing (tests use --allow-random-weights)",
-              file=sys.stderr)
-        return 2
-    x = embed_images(real + fake, args.arch, weights, args.device, args.batch_images, args.model_dir)
-    y = np.array([0] * len(real) + [1] * len(fake))
-    head, metrics = train_probe(x, y, args.test_size, args.seed)
-    key = HEAD_FILES[args.head]
-    out = args.out or models.model_dir(args.model_dir) / key / models.spec(key).files[0]
-    head.meta = {"head": args.head, "backbone": f"{args.arch}:{weights}", "input": "unnormalised image embedding",
-                 "n_negative": len(real), "n_positive": len(fake), **metrics}
-    save_linear_head(out, head)
-    print(json.dumps({"saved": str(out), **metrics}, indent=1))
-    return 0
 
 
 # -- curation scorer sample / train / proxy-labels ---------------------------------------------------------------
@@ -187,10 +82,10 @@ class AnnotationError(ValueError):
 
 
 def _read_samples(manifest: Path, columns: list[str] | None = None, verb: str = "this command") -> pd.DataFrame:
-    from curation.manifest import SAMPLES, OutputError, part_files, read_manifest, require_output
+    from curation.manifest import SAMPLES, OutputError, read_manifest, require_output, sample_parts
 
     require_output(manifest, verb)
-    if not part_files(Path(manifest) / SAMPLES):
+    if not sample_parts(manifest):
         raise OutputError(f"{manifest}/{SAMPLES}/ holds no part files: the run wrote no rows")
     return read_manifest(Path(manifest) / SAMPLES, columns, only_existing=True).to_pandas()
 
@@ -366,7 +261,7 @@ def build_demo_scorer(model_dir: str | os.PathLike, work: Path, config: Path, se
     """
     import subprocess
 
-    from curation.samples import make_samples
+    from curation.testing.samples import make_samples
 
     work = Path(work)
     samples, run = work / "samples", work / "run"
@@ -383,129 +278,6 @@ def build_demo_scorer(model_dir: str | os.PathLike, work: Path, config: Path, se
     return train_scorer(ann, run, None, str(model_dir))
 
 
-# -- curation models pull / check --------------------------------------------------------------------------------
-
-
-def add_models_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """`curation models pull|check --config YAML | --keys K ...`."""
-    p = subparsers.add_parser("models", help="model registry: fetch ahead of time, check the cache")
-    sub = p.add_subparsers(dest="models_cmd", required=True)
-    for name, help_ in (("pull", "download what a config needs (needs internet)"),
-                        ("check", "list what a config needs and whether the cache has it"),
-                        ("list", "print the registry")):
-        s = sub.add_parser(name, help=help_)
-        if name != "list":
-            g = s.add_mutually_exclusive_group(required=True)
-            g.add_argument("--config", type=Path)
-            g.add_argument("--keys", nargs="+")
-            s.add_argument("--model-dir", default=None)
-        if name == "check":
-            s.add_argument("--verify", action="store_true", help="also hash files with a pinned sha256")
-        s.set_defaults(func=run_models)
-    return p
-
-
-def run_models(args: argparse.Namespace) -> int:
-    """Dispatch `curation models ...`; non-zero exit when a needed model is missing or cannot be fetched."""
-    from curation import models
-
-    if args.models_cmd == "list":
-        for key, s in sorted(models.REGISTRY.items()):
-            print(f"{key:22s} {s.kind:12s} {s.source or '(trained locally)'}"
-                  f"{'@' + s.revision if s.revision else ''}")
-        return 0
-    if args.keys:
-        needed, optional, local = list(dict.fromkeys(args.keys)), [], []
-        unknown = [k for k in needed if k not in models.REGISTRY]
-        if unknown:
-            print(f"error: unknown model key(s) {', '.join(unknown)}; known: {', '.join(sorted(models.REGISTRY))}",
-                  file=sys.stderr)
-            return 2
-    else:
-        needed, optional, local = config_model_lists(args.config)
-    for folder in local:
-        print(f"{'ok':8s} {folder}  (captioning.model: a local checkpoint folder)")
-    if args.models_cmd == "pull":
-        return _pull(needed, optional, args.model_dir)
-    missing = {m.key: m for m in models.check(needed + optional, args.model_dir, verify=args.verify)}
-    for k in needed:
-        print(f"{'MISSING' if k in missing else 'ok':8s} {k}")
-    for k in optional:
-        state = "absent" if k in missing else "ok"
-        print(f"{state:8s} {k}  (optional: {_OPTIONAL_NOTE.get(k, 'its scores stay null without it')})")
-    gone = [missing[k] for k in needed if k in missing]
-    if gone:
-        print(str(models.ModelNotFoundError(gone, models.model_dir(args.model_dir))), file=sys.stderr)
-        return 1
-    return 0
-
-
-_OPTIONAL_NOTE = {"quality-scorer": "quality_score stays null without it"}
-
-
-def _pull(needed: list[str], optional: list[str], model_dir: str | None) -> int:
-    """Fetch each model that can be downloaded; say, once each, what could not be and how to get it."""
-    from curation import models
-
-    failed: list[str] = []
-    for k in needed + optional:
-        s = models.spec(k)
-        if not models.check([k], model_dir):
-            print(f"{k}: {models.resolve(k, model_dir)} (present)")
-            continue
-        if s.kind in ("local", "package_file"):
-            # Nothing to download: trained by the user, or shipped inside a pip package.
-            tag = "optional, absent" if k in optional else "MISSING"
-            print(f"{k}: {tag}; {'train it' if s.kind == 'local' else 'install it'}: {s.how_to_get}",
-                  file=sys.stderr)
-            if k in needed:
-                failed.append(k)
-            continue
-        try:
-            path = models.pull([k], model_dir)[k]
-        except Exception as exc:  # noqa: BLE001 - network, auth or checksum: one line per model, not a traceback
-            print(f"{k}: download failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            failed.append(k)
-            continue
-        print(f"{k}: {path}")
-    if failed:
-        print(f"not available: {', '.join(failed)} (cache: {models.model_dir(model_dir)})", file=sys.stderr)
-        return 1
-    return 0
-
-
-def config_model_lists(path: Path) -> tuple[list[str], list[str], list[str]]:
-    """(needed keys, optional keys, local captioner folders) of a pipeline YAML, as a run resolves them."""
-    from curation.catalog import config_models
-    from curation.config import load_config
-
-    cfg = load_config(path)
-    needed, optional = config_models(cfg)
-    from curation import models
-
-    local = ([cfg.captioning.model] if cfg.captioning.enabled and cfg.captioning.model not in models.REGISTRY
-             else [])
-    return needed, optional, local
-
-
-def models_for_config(cfg: dict[str, Any]) -> list[str]:
-    """Registry keys a pipeline config needs: each operator's `models` (as built from its params) and the captioner
-    when captioning is on (the same list as a run's up-front check: `curation.catalog.config_models`)."""
-    from curation.catalog import config_models
-    from curation.config import parse_config
-
-    return config_models(parse_config(cfg))[0]
-
-
-COMMANDS = {
-    "heads": (add_heads_parser, run_heads),
-    "scorer": (add_scorer_parser, run_scorer),
-    "models": (add_models_parser, run_models),
-}
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Add `heads`, `scorer` and `models` to the `curation` command (each sets `func` to its runner)."""
-    for add, _ in COMMANDS.values():
-        add(subparsers)
-
+    """Add `scorer` to the `curation` command."""
+    add_scorer_parser(subparsers)

@@ -6,7 +6,7 @@ must give it, and a substring its `error` / `reject_reasons` must contain). Ever
 Pillow from synthetic pixels, offline and in a few seconds; crafted headers are written byte by byte (an H.264 SPS
 declaring 12000×12000 or 100000×100000, a PNG IHDR declaring 100000×100000, an MP4 whose media timescale is 0).
 
-Run `python -m curation.hostile DIR` to write it and print the list.
+Run `python -m curation.testing.hostile DIR` to write it and print the list.
 """
 
 from __future__ import annotations
@@ -423,10 +423,10 @@ def unprivileged_prefix() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m curation.hostile DIR`: write the corpus and list it."""
+    """`python -m curation.testing.hostile DIR`: write the corpus and list it."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m curation.hostile DIR", file=sys.stderr)
+        print("usage: python -m curation.testing.hostile DIR", file=sys.stderr)
         return 2
     for e in make_hostile(argv[0]):
         print(f"{e.expected_status:9s} {e.kind:24s} {e.file!r}")

@@ -1,0 +1,30 @@
+"""`curation run`: the graph and the passes after it (`curation.runner.main_run`, as `pipelines/pretrain_mix.py`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "pipelines" / "configs" / "demo.yaml"
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from curation.runner import main_run
+
+    return main_run(args.input, args.output, args.config, args.limit, args.address,
+                    progress_interval_s=args.progress_interval, recompute=args.recompute)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add `run` to the `curation` command."""
+    r = sub.add_parser("run", help="run the curation graph (local Ray unless RAY_ADDRESS/--address is set)")
+    r.add_argument("--input", action="append", required=True, help="directory, file or URI (repeatable)")
+    r.add_argument("--output", required=True, help="output directory for manifests")
+    r.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline YAML (default: demo.yaml)")
+    r.add_argument("--limit", type=int, default=None, help="process at most N sources")
+    r.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    r.add_argument("--progress-interval", type=float, default=30.0, metavar="S",
+                   help="log sources done/total, rows/s and ETA every S seconds (default 30; 0: off)")
+    r.add_argument("--recompute", action="store_true", help="re-score rows the output holds from another scoring "
+                   "config (split, frames, limits, operators) instead of refusing to mix them")
+    r.set_defaults(func=_cmd_run)
