@@ -244,7 +244,7 @@ def run_monitored(inputs: list[str], output: str, config: str, fault: str | None
     """Run the graph in this process on a local Ray, with memory monitoring and an optional injected fault."""
     from curation.config import load_config
     from curation.run import run_pipeline
-    from curation.runner import init_ray
+    from curation.rayinit import init_ray
 
     cfg = load_config(config)
     init_ray(None)

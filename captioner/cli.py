@@ -11,7 +11,7 @@ import sys
 def _cmd_visual_text_make(args: argparse.Namespace) -> int:
     from captioner.visual_text.make import load_config, make_visual_text
     from curation.manifest import check_new_output
-    from curation.runner import init_ray
+    from curation.rayinit import init_ray
 
     cfg = load_config(args.config)
     check_new_output(args.out)  # an OUT that is a file: one message before Ray starts

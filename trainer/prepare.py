@@ -579,7 +579,7 @@ def prepare(stages_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Prep
     stats = ""
     if len(planned):
         if not ray.is_initialized():
-            from curation.runner import init_ray
+            from curation.rayinit import init_ray
 
             init_ray()
         c = cfg.compute
@@ -671,7 +671,7 @@ def main(argv=None) -> int:
         print(f"--out {args.out} exists and is not a folder", file=sys.stderr)
         return 2
     try:
-        from curation.runner import init_ray
+        from curation.rayinit import init_ray
 
         init_ray(args.address)
         meta = prepare(args.stages, args.out, cfg, config_path=str(Path(args.config).resolve()),

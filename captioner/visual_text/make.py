@@ -441,7 +441,7 @@ def make_visual_text(out: str | os.PathLike, n: int, seed: int = 0,
     images.mkdir(parents=True, exist_ok=True)
     fonts = R.available_fonts(list(cfg.fonts) if cfg.fonts else None)
     if not ray.is_initialized():
-        from curation.runner import init_ray
+        from curation.rayinit import init_ray
 
         init_ray(None)
     cpus = int(ray.cluster_resources().get("CPU", 1))

@@ -31,7 +31,7 @@ def _cmd_caption(args: argparse.Namespace) -> int:
     from curation.manifest import require_output, sample_parts
     from curation.models import REGISTRY
     from curation.run import caption_output, check_models
-    from curation.runner import init_ray
+    from curation.rayinit import init_ray
 
     cfg = load_config(args.config)
     require_output(args.output, "caption")
@@ -64,7 +64,7 @@ def _decide(output: str, config: str, address: str | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if cfg.clustering.enabled:  # the duplicate marks are re-derived by clustering's Ray pass
-        from curation.runner import init_ray
+        from curation.rayinit import init_ray
 
         init_ray(address)
     run = decide_output(output, cfg, config_path=str(Path(config).resolve()))
