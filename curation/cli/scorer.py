@@ -46,7 +46,7 @@ def add_scorer_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     d = sub.add_parser("demo", help="DEMO ONLY: build a proxy-label scorer from a second sample set (another seed)")
     d.add_argument("--model-dir", required=True, help="where the scorer goes (point CURATION_MODEL_DIR here)")
     d.add_argument("--work", required=True, type=Path, help="scratch folder: sample set, run, annotations")
-    d.add_argument("--config", type=Path, default=Path(__file__).resolve().parent.parent / "pipelines" / "configs"
+    d.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[2] / "pipelines" / "configs"
                    / "demo.yaml")
     d.add_argument("--seed", type=int, default=1, help="sample-set seed (use another than the demo's 0)")
     d.set_defaults(func=run_scorer)
