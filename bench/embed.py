@@ -158,7 +158,7 @@ def time_naive(arch: str, device, n: int, h: int, w: int) -> float:
     import torch
     from PIL import Image
 
-    from operators.embedding import _build_visual
+    from operators.models.clip import _build_visual
 
     visual = _build_visual(arch, None, True).eval().to(device)
     pre = open_clip.image_transform(224, is_train=False, mean=open_clip.OPENAI_DATASET_MEAN,
@@ -178,7 +178,7 @@ def time_naive(arch: str, device, n: int, h: int, w: int) -> float:
 def _actor_worker(rank, args_dict, batch, rows, calls, barrier, queue):
     """One simulated Ray actor: its own process and model on the shared GPU (fractional num_gpus)."""
     _ensure_imports()
-    from operators.embedding import ClipEmbedding
+    from operators.clip_embedding import ClipEmbedding
 
     op = ClipEmbedding(arch=args_dict["arch"], weights=None, allow_random_weights=True, heads=[],
                        device=args_dict["device"], batch_images=batch)
@@ -233,7 +233,8 @@ def main() -> None:
     notes = _ensure_imports()
     import torch
 
-    from operators.embedding import ClipBackbone, ClipEmbedding
+    from operators.clip_embedding import ClipEmbedding
+    from operators.models.clip import ClipBackbone
 
     device = torch.device(args.device)
     res: dict = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",

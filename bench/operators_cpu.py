@@ -4,7 +4,7 @@
   subprocess of a throw-away environment (`bench/_dj_env`, never a project dependency), timed the same way;
 - `--calibrate`: motion-tier confusion matrix, OCR character recall, watermark and NSFW scores per sample clip;
 - `--flow`: DIS presets vs Farneback, speed and end-point error on frames with known shifts (how DIS was chosen);
-- `--fold`: PP-OCRv4 detector and recogniser, shipped graphs vs the `operators.onnxfold` rewrite (CPU ms, output diff);
+- `--fold`: PP-OCRv4 detector and recogniser, shipped graphs vs the `operators.models.onnxfold` rewrite (CPU ms, output diff);
 - `--hd`: the same table on 5 s clips at 720p and 1080p, where decoding costs what it costs in production;
 - `--every`: also time OCR and NSFW on 3 frames of every clip whatever its duration (`seconds_per_frame: 0`, the
   default before they picked frames by duration: 1 frame per started 4 s, at most 3).
@@ -357,7 +357,7 @@ def flow_comparison(repeats: int = 30) -> list[dict]:
 
 def fold_comparison(rounds: int = 15) -> list[dict]:
     """PP-OCRv4 detector (one 288x480 frame) and recogniser (2 crops at 48x320): the shipped graphs against the ones
-    rewritten by `operators.onnxfold`, single-threaded, timed interleaved (median CPU ms), with the largest output
+    rewritten by `operators.models.onnxfold`, single-threaded, timed interleaved (median CPU ms), with the largest output
     difference on a real photo."""
     import cv2
     import numpy as np
@@ -365,7 +365,7 @@ def fold_comparison(rounds: int = 15) -> list[dict]:
     import rapidocr_onnxruntime
     import skimage.data
 
-    from operators.onnxfold import fold_affine_graph
+    from operators.models.onnxfold import fold_affine_graph
 
     folder = Path(rapidocr_onnxruntime.__file__).parent / "models"
     out = []
@@ -456,7 +456,7 @@ def main() -> None:
     ap.add_argument("--dj", default=None, metavar="PYTHON", help="python of the Data-Juicer environment")
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--flow", action="store_true")
-    ap.add_argument("--fold", action="store_true", help="PP-OCR graphs: shipped vs operators.onnxfold rewrite")
+    ap.add_argument("--fold", action="store_true", help="PP-OCR graphs: shipped vs operators.models.onnxfold rewrite")
     ap.add_argument("--no-throughput", action="store_true")
     ap.add_argument("--every", action="store_true", help="also time OCR / NSFW on 3 frames of every clip")
     ap.add_argument("--hd", action="store_true", help="also time 720p/1080p 5 s clips (decode ratio at real sizes)")

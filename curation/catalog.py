@@ -18,9 +18,9 @@ _CATALOG: dict[str, str] = {
     "ocr": "operators.ocr:OcrText",
     "watermark": "operators.watermark:WatermarkDetector",
     "nsfw": "operators.nsfw:NudeNetNsfw",
-    "descriptor": "operators.embedding:ClassicalDescriptor",
-    "embedding": "operators.embedding:ClipEmbedding",
-    "phash": "operators.embedding:PerceptualHash",
+    "descriptor": "operators.descriptor:ClassicalDescriptor",
+    "embedding": "operators.clip_embedding:ClipEmbedding",
+    "phash": "operators.phash:PerceptualHash",
     "clip_heads": "operators.heads:ClipHeads",
     "quality_scorer": "operators.scorer:QualityScorer",
 }

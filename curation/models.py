@@ -30,6 +30,9 @@ from typing import Any, Iterable, Literal
 
 log = logging.getLogger(__name__)
 
+# Where the converters of published pickles live (imported only by `pull`, when a model needs one).
+CONVERTER_MODULE = "operators.models.convert"
+
 Kind = Literal["hf", "open_clip", "package_file", "url_file", "local"]
 
 ENV_VAR = "CURATION_MODEL_DIR"
@@ -52,7 +55,7 @@ class ModelSpec:
     description: str = ""
     hf_repo: str | None = None  # for open_clip entries: the HF repo its pretrained cfg points at
     git_blob_sha1: dict[str, str] = field(default_factory=dict)  # file -> git blob id in the pinned commit
-    # A published pickle is converted once, at pull time, by `curation.convert.CONVERTERS[key]` (torch.load with
+    # A published pickle is converted once, at pull time, by `operators.models.convert.CONVERTERS[key]` (torch.load with
     # weights_only=True, key and shape checks) into this safetensors file, which is what runs load.
     converted: str | None = None
 
@@ -226,7 +229,7 @@ REGISTRY: dict[str, ModelSpec] = {
 }
 
 # Published filters of the full profile. Both files are pickles: `pull` verifies the download, then converts it once
-# to safetensors (curation/convert.py) and the run loads only the safetensors file.
+# to safetensors (operators/models/convert.py) and the run loads only the safetensors file.
 REGISTRY["univfd-probe"] = ModelSpec(
     key="univfd-probe",
     kind="url_file",
@@ -438,8 +441,9 @@ def pull(keys: Iterable[str], root: str | os.PathLike | None = None, force: bool
         elif s.kind == "hf":
             record.update(_pull_hf_files(s.source, s.files, s.revision, folder))
         if s.converted:
-            from curation.convert import convert
-
+            # The converters know the models' layouts (operators/models/), so the registry names them by import
+            # path, as the catalog names operators: the core does not import the plug-ins.
+            convert = importlib.import_module(CONVERTER_MODULE).convert
             record["converted"] = convert(key, folder / s.files[0], folder / s.converted)
         (folder / PULL_RECORD).write_text(json.dumps(record, indent=1))
         out[key] = resolve(key, base, verify=True)

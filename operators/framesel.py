@@ -1,12 +1,15 @@
-"""Which of a clip's K uniform frames a per-frame model runs on, and which of those it can skip as repeats."""
+"""Which of a clip's K uniform frames a per-frame model runs on, which of those it can skip as repeats, and the base
+class of the operators that run such a model (`FrameModelOperator`: OCR, NSFW)."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
+
+from curation.operator import Operator, Resources
 
 
 def pick_frames(k: int, n: int) -> list[int]:
@@ -54,3 +57,55 @@ def same_as_earlier(frames: list[np.ndarray], max_diff: float) -> list[int | Non
         alias.append(next((g for g in range(f) if alias[g] is None and same_picture(frame, frames[g], max_diff)),
                           None))
     return alias
+
+
+class FrameModelOperator(Operator):
+    """Base of the operators that run a model on a few of a row's uniform `frames` (OCR, NSFW): an actor pool whose
+    engine is loaded once per actor (`load_engine`), the shared frame-budget parameters (`num_frames`,
+    `seconds_per_frame`, `same_picture_diff`, `threads`), and `score_row` = pick how many frames the clip's duration
+    asks for, then `score_frames`."""
+
+    needs: ClassVar[tuple[str, ...]] = ("frames",)
+    stateful: ClassVar[bool] = True
+    default_resources: ClassVar[Resources] = Resources(num_cpus=1.0)
+    default_batch_size: ClassVar[int] = 8
+    transient: ClassVar[tuple[str, ...]] = ("_engine",)
+    # The frame budget every such operator takes; subclasses add their own parameters to `params`.
+    frame_params: ClassVar[dict[str, Any]] = {
+        "num_frames": 3,  # at most this many of the K uniform frames are read
+        "seconds_per_frame": 4.0,  # one frame per started 4 s of clip (at least 1); 0: always num_frames
+        "same_picture_diff": 6.0,  # a chosen frame this close to an earlier one (8x8-square grey MAD) is not rerun
+        "threads": 1,  # ONNX Runtime intra-op threads per actor: match num_cpus
+    }
+
+    def validate(self) -> None:
+        """Check the frame-budget parameters, then the subclass's own (`validate_model`)."""
+        self.check_int("num_frames", 1)
+        self.check_number("seconds_per_frame", 0)
+        self.check_int("threads", 1)
+        self.check_number("same_picture_diff", 0)
+        self.validate_model()
+
+    def validate_model(self) -> None:
+        """Check the subclass's own parameters; raise OperatorConfigError naming the key."""
+
+    def load_engine(self) -> Any:
+        """Load the model (once per actor, from the model registry)."""
+        raise NotImplementedError
+
+    def setup(self) -> None:
+        """Load the engine once per actor."""
+        self._engine = self.load_engine()
+
+    def score_frames(self, frames: np.ndarray, n: int) -> dict[str, Any]:
+        """Score `n` frames chosen from the row's uniform `frames` (K, H, W, 3)."""
+        raise NotImplementedError
+
+    def score_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Score one clip or image on as many frames as its duration asks for."""
+        if getattr(self, "_engine", None) is None:  # called directly (tests, benchmarks) without setup()
+            self.setup()
+        c = self.config
+        n = frames_to_read(int(c["num_frames"]), float(c["seconds_per_frame"]), row.get("duration_s"))
+        return self.score_frames(row["frames"], n)
+

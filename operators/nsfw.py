@@ -39,8 +39,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from curation.operator import Operator, Resources
-from operators.framesel import frames_to_read, pick_frames, same_as_earlier
+from operators.framesel import FrameModelOperator, pick_frames, same_as_earlier
 
 # Class order of NudeNet 3.4's 320n.onnx output (nudenet/nudenet.py `__labels`).
 NUDENET_LABELS = (
@@ -172,41 +171,20 @@ class NudeNetSession:
         return exposed_score(self.scores([f for f, a in zip(chosen, alias) if a is None]))
 
 
-class NudeNetNsfw(Operator):
+class NudeNetNsfw(FrameModelOperator):
     """NudeNet exposed-body confidence on a few uniform frames (CPU actor pool, model loaded once per actor)."""
 
     name: ClassVar[str] = "nsfw"
-    needs: ClassVar[tuple[str, ...]] = ("frames",)
     produces: ClassVar[dict[str, pa.DataType]] = {"nsfw_score": pa.float64()}
     models: ClassVar[tuple[str, ...]] = ("nudenet",)
-    stateful: ClassVar[bool] = True
-    default_resources: ClassVar[Resources] = Resources(num_cpus=1.0)
-    default_batch_size: ClassVar[int] = 8
-    transient: ClassVar[tuple[str, ...]] = ("_session",)
-    params: ClassVar[dict[str, Any]] = {
-        "num_frames": 3,  # at most this many of the K uniform frames are scored
-        "seconds_per_frame": 4.0,  # one frame per started 4 s of clip (at least 1); 0: always num_frames
-        "same_picture_diff": 6.0,  # a chosen frame this close to an earlier one (8x8-square grey MAD) is not rerun
-        "threads": 1,  # ONNX Runtime intra-op threads per actor: match num_cpus
-    }
+    params: ClassVar[dict[str, Any]] = dict(FrameModelOperator.frame_params)
 
-    def validate(self) -> None:
-        """Check the parameters."""
-        self.check_int("num_frames", 1)
-        self.check_number("seconds_per_frame", 0)
-        self.check_int("threads", 1)
-        self.check_number("same_picture_diff", 0)
-
-    def setup(self) -> None:
-        """Load the ONNX detector once per actor, from the model registry (the file ships inside `nudenet`)."""
+    def load_engine(self) -> NudeNetSession:
+        """The ONNX detector, from the model registry (the file ships inside `nudenet`)."""
         from curation import models
 
-        self._session = NudeNetSession(str(models.resolve("nudenet")), threads=int(self.config["threads"]))
+        return NudeNetSession(str(models.resolve("nudenet")), threads=int(self.config["threads"]))
 
-    def score_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        """Score one clip or image."""
-        if getattr(self, "_session", None) is None:
-            self.setup()
-        c = self.config
-        n = frames_to_read(int(c["num_frames"]), float(c["seconds_per_frame"]), row.get("duration_s"))
-        return {"nsfw_score": self._session.clip_score(row["frames"], n, float(c["same_picture_diff"]))}
+    def score_frames(self, frames: np.ndarray, n: int) -> dict[str, Any]:
+        """Score `n` of the clip's frames."""
+        return {"nsfw_score": self._engine.clip_score(frames, n, float(self.config["same_picture_diff"]))}

@@ -9,7 +9,7 @@ text on screen for only part of a clip of up to 4 s, and not at its middle, is m
 `num_frames` frames of every clip.
 
 What runs: the PP-OCRv4 text detector on the chosen frames, then the PP-OCRv4 recogniser (Chinese + English in one
-model) on the detected boxes. Both graphs are first rewritten by `operators.onnxfold` (scalar affine blocks folded
+model) on the detected boxes. Both graphs are first rewritten by `operators.models.onnxfold` (scalar affine blocks folded
 into the convolutions, hard-swish as one fused op: the same function, ~20 % less CPU for the detector and ~23 % for
 the recogniser; `fold_graphs: false` runs the shipped graphs). The angle classifier
 is off: burnt-in video text is upright, and it would add a third model call per box. Detection runs on the whole
@@ -58,8 +58,8 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from curation.operator import Operator, OperatorConfigError, Resources
-from operators.framesel import frames_to_read, pick_frames, same_as_earlier
+from curation.operator import OperatorConfigError
+from operators.framesel import FrameModelOperator, pick_frames, same_as_earlier
 
 log = logging.getLogger(__name__)
 
@@ -161,11 +161,11 @@ class OcrEngine:
 
     def _fold_graphs(self, threads: int, paths: dict[str, str]) -> None:
         """Swap rapidocr's detector and recogniser sessions for ones on the rewritten graphs
-        (`operators.onnxfold`: the same function, ~20-23 % less CPU). A graph that cannot be rewritten keeps its
+        (`operators.models.onnxfold`: the same function, ~20-23 % less CPU). A graph that cannot be rewritten keeps its
         original session, with a warning."""
         import onnxruntime as ort
 
-        from operators.onnxfold import fold_affine_graph
+        from operators.models.onnxfold import fold_affine_graph
 
         for key, holder in (("det", self.engine.text_det.infer), ("rec", self.engine.text_rec.session)):
             path = paths[key]
@@ -294,56 +294,40 @@ def ocr_clip(engine: OcrEngine, frames: np.ndarray, num_frames: int = 3) -> dict
     return {"ocr_text": "\n".join(lines), "text_area_ratio": float(np.mean(ratios)) if ratios else 0.0}
 
 
-class OcrText(Operator):
+class OcrText(FrameModelOperator):
     """PP-OCRv4 text reading and text area on a few uniform frames (CPU actor pool, models loaded once per actor)."""
 
     name: ClassVar[str] = "ocr"
-    needs: ClassVar[tuple[str, ...]] = ("frames",)
     produces: ClassVar[dict[str, pa.DataType]] = {"ocr_text": pa.string(), "text_area_ratio": pa.float64()}
     models: ClassVar[tuple[str, ...]] = ("pp-ocrv4",)
-    stateful: ClassVar[bool] = True
-    default_resources: ClassVar[Resources] = Resources(num_cpus=1.0)
-    default_batch_size: ClassVar[int] = 8
-    transient: ClassVar[tuple[str, ...]] = ("_engine",)
     params: ClassVar[dict[str, Any]] = {
-        "num_frames": 3,  # at most this many of the K uniform frames are read
-        "seconds_per_frame": 4.0,  # one frame per started 4 s of clip (at least 1); 0: always num_frames
+        **FrameModelOperator.frame_params,  # a chosen frame close to an earlier one reuses its reading
         "det_limit_side_len": 0,  # 0: detect at the frame's own size; N: upscale so the short side is >= N
-        "same_picture_diff": 6.0,  # a chosen frame this close to an earlier one (8x8-square grey MAD) reuses it
         "box_thresh": 0.5,  # detector box score threshold (rapidocr default)
         "text_score": 0.5,  # recogniser confidence a reading needs to count (rapidocr default)
-        "threads": 1,  # ONNX Runtime intra-op threads per actor: match num_cpus
-        "fold_graphs": True,  # run the exact graph rewrites of operators.onnxfold (~20-23 % less CPU)
+        "fold_graphs": True,  # run the exact graph rewrites of operators.models.onnxfold (~20-23 % less CPU)
     }
 
-    def validate(self) -> None:
-        """Check the parameters."""
-        self.check_int("num_frames", 1)
-        self.check_number("seconds_per_frame", 0)
+    def validate_model(self) -> None:
+        """Check the OCR parameters."""
         if not isinstance(self.config["fold_graphs"], bool):
             raise OperatorConfigError(f"operator 'ocr': fold_graphs must be true or false, got "
                                       f"{self.config['fold_graphs']!r}")
-        self.check_int("threads", 1)
         self.check_int("det_limit_side_len", 0)
-        self.check_number("same_picture_diff", 0)
         self.check_number("box_thresh", 0, 1)
         self.check_number("text_score", 0, 1)
 
-    def setup(self) -> None:
-        """Load the PP-OCRv4 ONNX models once per actor, from the model registry's resolved package folder."""
+    def load_engine(self) -> OcrEngine:
+        """The PP-OCRv4 ONNX models, from the model registry's resolved package folder."""
         from curation import models
 
         folder = models.resolve("pp-ocrv4")
         c = self.config
-        self._engine = OcrEngine(threads=int(c["threads"]), det_limit_side_len=int(c["det_limit_side_len"]),
-                                 box_thresh=float(c["box_thresh"]), text_score=float(c["text_score"]),
-                                 model_dir=str(folder), same_picture_diff=float(c["same_picture_diff"]),
-                                 fold_graphs=bool(c["fold_graphs"]))
+        return OcrEngine(threads=int(c["threads"]), det_limit_side_len=int(c["det_limit_side_len"]),
+                         box_thresh=float(c["box_thresh"]), text_score=float(c["text_score"]),
+                         model_dir=str(folder), same_picture_diff=float(c["same_picture_diff"]),
+                         fold_graphs=bool(c["fold_graphs"]))
 
-    def score_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        """Read one clip."""
-        if getattr(self, "_engine", None) is None:
-            self.setup()
-        c = self.config
-        n = frames_to_read(int(c["num_frames"]), float(c["seconds_per_frame"]), row.get("duration_s"))
-        return ocr_clip(self._engine, row["frames"], n)
+    def score_frames(self, frames: np.ndarray, n: int) -> dict[str, Any]:
+        """Read `n` of the clip's frames."""
+        return ocr_clip(self._engine, frames, n)

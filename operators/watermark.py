@@ -36,7 +36,7 @@ Learned scores, combined with the persistent-overlay score by **max** (a waterma
 cue misses cases the other catches: the heuristic is blind on still shots and images, a per-frame classifier on small
 or faint corner logos that only their persistence gives away):
 - `detector: laion-watermark` runs LAION-5B's published watermark classifier (EfficientNet-B3,
-  `operators/watermark_net.py`) on each of the K frames; its per-clip score, the mean of the per-frame P(watermark),
+  `operators/models/watermark_net.py`) on each of the K frames; its per-clip score, the mean of the per-frame P(watermark),
   is also written on its own as `watermark_detector_score`. Images get it too. The full profile turns it on.
 - `head: <model registry key>` loads a linear probe on the CLIP image embedding (safetensors with `weight` (1, D)
   and `bias` (1,)); its sigmoid output joins the max.
@@ -222,7 +222,7 @@ class WatermarkDetector(Operator):
         self._detector = None
         if self.config["detector"]:
             from curation import models
-            from operators.watermark_net import LaionWatermark
+            from operators.models.watermark_net import LaionWatermark
 
             self._detector = LaionWatermark(models.resolve(self.config["detector"]), device=self.config["device"])
 

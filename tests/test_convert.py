@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from curation import models
-from curation.convert import ConversionError, convert_laion_watermark, convert_univfd, load_tensor_pickle
+from operators.models.convert import ConversionError, convert_laion_watermark, convert_univfd, load_tensor_pickle
 
 
 def _univfd_pth(path, seed=0):
@@ -28,7 +28,7 @@ class NotATensor:
 
 
 def test_univfd_conversion_checks_and_loads(tmp_path):
-    from operators.heads import load_linear_head
+    from operators.models.heads import load_linear_head
 
     sd = _univfd_pth(tmp_path / "fc_weights.pth")
     info = convert_univfd(tmp_path / "fc_weights.pth", tmp_path / "univfd_fc.safetensors")
@@ -51,7 +51,7 @@ def test_univfd_conversion_checks_and_loads(tmp_path):
 
 def test_pull_verifies_converts_and_the_head_scores(tmp_path, monkeypatch):
     """`pull` of a url_file entry: download, sha256 + git blob id check, conversion; runs resolve the safetensors."""
-    from operators.heads import HeadSet
+    from operators.models.heads import HeadSet
 
     src = tmp_path / "published" / "fc_weights.pth"
     src.parent.mkdir()
@@ -83,7 +83,7 @@ def test_pull_verifies_converts_and_the_head_scores(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def laion_files(tmp_path_factory):
     """A watermark_model_v1.pt-format file (the EfficientNet-B3 state dict, random weights) and its conversion."""
-    from operators.watermark_net import laion_watermark_model
+    from operators.models.watermark_net import laion_watermark_model
 
     d = tmp_path_factory.mktemp("laion")
     torch.manual_seed(0)
@@ -96,14 +96,14 @@ def laion_files(tmp_path_factory):
 @pytest.fixture()
 def small_input(monkeypatch):
     """The detector at 64x64 instead of 256x256: the same code, 1/16 of the compute (tests share 2 busy cores)."""
-    import operators.watermark_net as wn
+    import operators.models.watermark_net as wn
 
     monkeypatch.setattr(wn, "INPUT_SIZE", 64)
     return 64
 
 
 def test_laion_watermark_conversion_and_detector(laion_files, tmp_path, small_input):
-    from operators.watermark_net import LaionWatermark
+    from operators.models.watermark_net import LaionWatermark
 
     d, model, info = laion_files
     assert info["tensors"] == len(model.state_dict())

@@ -10,7 +10,8 @@ import pytest
 import skimage.data
 
 from curation.dedup import DedupConfig, find_duplicates, hamming, phash64
-from operators.embedding import ClassicalDescriptor, PerceptualHash
+from operators.descriptor import ClassicalDescriptor
+from operators.phash import PerceptualHash
 
 # Offline-descriptor threshold: measured on these clips, re-encodes sit at ~0.99, 10% crops at ~0.95, different
 # photos at ≤ 0.71 (see bench/BENCHMARKS.md); CLIP embeddings use the default 0.95.

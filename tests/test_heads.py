@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from operators.heads import AESTHETIC_SHAPES, ClipHeads, HeadSet, LinearHead, load_aesthetic, load_linear_head, \
+from operators.heads import ClipHeads
+from operators.models.heads import AESTHETIC_SHAPES, HeadSet, LinearHead, load_aesthetic, load_linear_head, \
     save_linear_head
 
 
@@ -65,7 +66,7 @@ def test_gpu_side_preprocess_matches_open_clip_transform():
     import skimage.data
     from PIL import Image
 
-    from operators.embedding import ClipBackbone
+    from operators.models.clip import ClipBackbone
 
     img = np.ascontiguousarray(skimage.data.astronaut()[:320, :])  # 320×512, short side 320 → 224
     pre = open_clip.image_transform(224, is_train=False, mean=open_clip.OPENAI_DATASET_MEAN,
@@ -89,7 +90,7 @@ def ray_local():
 def test_embedding_operator_on_ray(ray_local, tmp_path):
     import ray
 
-    from operators.embedding import FRAME_EMBEDDINGS_COLUMN, ClipEmbedding
+    from operators.clip_embedding import FRAME_EMBEDDINGS_COLUMN, ClipEmbedding
 
     rng = np.random.default_rng(0)
     head = LinearHead(weight=rng.normal(size=768).astype(np.float32), bias=0.0)
@@ -156,7 +157,7 @@ def test_heads_train_cli(tmp_path, capsys):
 
 
 def test_chunked_pipelined_embedding_matches_one_pass():
-    from operators.embedding import ClipBackbone
+    from operators.models.clip import ClipBackbone
 
     bb = ClipBackbone(arch="tiny-test", device="cpu")
     bb.load()

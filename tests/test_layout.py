@@ -20,7 +20,7 @@ PASSES = ("curation.rayinit", "curation.graph", "curation.manifest", "curation.p
           "curation.clustering", "curation.stages", "curation.resume", "curation.report")
 PLUGINS = ("operators", "captioner", "curation.testing")
 RUN = ("curation.run", "curation.runner")
-TOP = ("curation.cli", "captioner.cli", "pipelines", "trainer")
+TOP = ("curation.cli", "curation.label", "captioner.cli", "pipelines", "trainer")
 LAYERS = (CORE, INGEST, PASSES, PLUGINS, RUN, TOP)
 
 

@@ -1,4 +1,4 @@
-"""The exact PP-OCR graph rewrites (operators.onnxfold): the same function on a hand-built graph with every pattern
+"""The exact PP-OCR graph rewrites (operators.models.onnxfold): the same function on a hand-built graph with every pattern
 (including the padded-border case that must not be folded), and on the shipped PP-OCRv4 detector and recogniser."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import skimage.data
 from onnx import TensorProto, helper, numpy_helper
 
-from operators.onnxfold import fold_affine_graph
+from operators.models.onnxfold import fold_affine_graph
 
 
 def _session(model: bytes) -> ort.InferenceSession:

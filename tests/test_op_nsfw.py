@@ -61,8 +61,8 @@ def counted(monkeypatch) -> tuple[NudeNetNsfw, list[int]]:
     op = NudeNetNsfw()
     op.setup()
     seen: list[int] = []
-    scores = op._session.scores
-    monkeypatch.setattr(op._session, "scores", lambda frames: seen.append(len(frames)) or scores(frames))
+    scores = op._engine.scores
+    monkeypatch.setattr(op._engine, "scores", lambda frames: seen.append(len(frames)) or scores(frames))
     return op, seen
 
 
@@ -81,8 +81,8 @@ def test_a_repeated_picture_is_scored_once(counted):
     a = op.score_row({"frames": grainy})["nsfw_score"]
     b = op.score_row({"frames": moving})["nsfw_score"]
     assert seen == [1, 3]
-    assert a == pytest.approx(exposed_score(op._session.scores([grainy[0]])), abs=1e-6)  # the first frame alone
-    assert b == pytest.approx(exposed_score(class_scores(op._session.raw([moving[i] for i in (0, 4, 7)]))), abs=1e-6)
+    assert a == pytest.approx(exposed_score(op._engine.scores([grainy[0]])), abs=1e-6)  # the first frame alone
+    assert b == pytest.approx(exposed_score(class_scores(op._engine.raw([moving[i] for i in (0, 4, 7)]))), abs=1e-6)
 
 
 def test_frames_scored_follow_the_clip_duration(counted):
@@ -93,7 +93,7 @@ def test_frames_scored_follow_the_clip_duration(counted):
     assert seen == [1, 1, 2, 3, 3]
     # The one frame of a short clip is the middle one.
     short = op.score_row({"frames": moving, "duration_s": 3.0})["nsfw_score"]
-    assert short == pytest.approx(exposed_score(op._session.scores([moving[3]])), abs=1e-6)
+    assert short == pytest.approx(exposed_score(op._engine.scores([moving[3]])), abs=1e-6)
 
 
 def test_exposed_score_uses_the_argmax_class():

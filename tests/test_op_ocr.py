@@ -196,7 +196,7 @@ def test_short_clips_are_read_on_fewer_frames(op, monkeypatch):
 
 
 def test_rewritten_graphs_read_the_same(op):
-    """The operator runs the rewritten PP-OCR graphs (operators.onnxfold) and reads what the original graphs read."""
+    """The operator runs the rewritten PP-OCR graphs (operators.models.onnxfold) and reads what the original graphs read."""
     assert set(op._engine.folded) == {"det", "rec"}, op._engine.folded
     plain = OcrText(fold_graphs=False)
     plain.setup()

@@ -140,7 +140,7 @@ def test_heads_and_checkpoints_are_safetensors(tmp_path):
     import torch
     from safetensors import safe_open
 
-    from operators.heads import LinearHead, load_linear_head, save_linear_head
+    from operators.models.heads import LinearHead, load_linear_head, save_linear_head
     from trainer.components.checkpoint import latest_checkpoint, save_checkpoint
 
     head = save_linear_head(tmp_path / "head.safetensors", LinearHead(weight=np.ones(4, np.float32), bias=0.5))

@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +54,7 @@ def embed_images(paths: list[Path], arch: str, weights: str | None, device: str 
     from PIL import Image
 
     from curation import models
-    from operators.embedding import ClipBackbone
+    from operators.models.clip import ClipBackbone
 
     weights_path = weights
     if weights and "/" not in weights:
@@ -80,7 +77,7 @@ def train_probe(x: np.ndarray, y: np.ndarray, test_size: float = 0.25, seed: int
     from sklearn.metrics import average_precision_score
     from sklearn.model_selection import train_test_split
 
-    from operators.heads import LinearHead
+    from operators.models.heads import LinearHead
 
     tr, te = train_test_split(np.arange(len(y)), test_size=test_size, random_state=seed, stratify=y)
     clf = LogisticRegression(C=1.0, max_iter=5000).fit(x[tr], y[tr])
@@ -96,7 +93,7 @@ def train_probe(x: np.ndarray, y: np.ndarray, test_size: float = 0.25, seed: int
 def run_heads(args: argparse.Namespace) -> int:
     """Embed the two folders, train the probe, report held-out AP, save safetensors."""
     from curation import models
-    from operators.heads import save_linear_head
+    from operators.models.heads import save_linear_head
 
     real, fake = list_images(args.real), list_images(args.fake)
     if len(real) < 4 or len(fake) < 4:

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ the safetensors file. Converters, by registry key:
 - `univfd-probe`: UnivFD's `fc_weights.pth` (`weight` (1, 768), `bias` (1,)) -> a linear head file
   (`operators.heads.save_linear_head`, on the unnormalised CLIP ViT-L/14 embedding);
 - `laion-watermark`: LAION's `watermark_model_v1.pt` (the EfficientNet-B3 state dict) -> the same tensors as
-  safetensors, checked key by key against `operators.watermark_net.laion_watermark_model()`.
+  safetensors, checked key by key against `operators.models.watermark_net.laion_watermark_model()`.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _sha256(path: Path) -> str:
 
 def convert_univfd(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any]:
     """UnivFD `fc_weights.pth` -> linear head safetensors."""
-    from operators.heads import EMBED_DIM, LinearHead, save_linear_head
+    from operators.models.heads import EMBED_DIM, LinearHead, save_linear_head
 
     state = load_tensor_pickle(src)
     if set(state) == {"fc.weight", "fc.bias"}:
@@ -80,7 +80,7 @@ def convert_laion_watermark(src: str | os.PathLike, dst: str | os.PathLike) -> d
     """LAION `watermark_model_v1.pt` -> safetensors state dict, checked against the architecture."""
     from safetensors.torch import save_file
 
-    from operators.watermark_net import expected_shapes
+    from operators.models.watermark_net import expected_shapes
 
     state = load_tensor_pickle(src)
     check_shapes(src, state, expected_shapes())

@@ -3,7 +3,7 @@ watermarked against clean images. Input: the RGB picture resized to 256x256 (asp
 the ImageNet mean and std; output: softmax index 0 = P(watermark), as LAION's own inference code reads it.
 
 Weights load only from the safetensors file that `curation models pull --keys laion-watermark` converts the published
-pickle into (curation/convert.py); this module never unpickles anything.
+pickle into (operators/models/convert.py); this module never unpickles anything.
 """
 
 from __future__ import annotations

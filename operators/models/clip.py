@@ -1,33 +1,21 @@
-"""Image embeddings of each row's `frames`: CLIP ViT-L/14 on GPU actors (full profile), a classical descriptor
-(offline profile), and the perceptual hash used for near-duplicate detection.
-
-`embedding` is the mean of the L2-normalised per-frame embeddings, re-normalised to unit length, so cosine
-similarity is a dot product for clustering and dedup whichever backbone made it. The raw per-frame CLIP
-embeddings (unnormalised, what UnivFD-style probes expect) are what the heads consume: by default the heads run in
-the same actor, right after the backbone, so embeddings never leave it; `keep_frame_embeddings: true` also emits
-them as the intermediate column `clip_frame_embeddings` (float32 (K, 768)) for a separate `clip_heads` operator.
-That column is a frame view in spirit: the graph drops it before anything is written.
-"""
+"""The CLIP image tower (open_clip ViT-L/14 or a tiny test tower) that embeds many uint8 frames at once, with its
+preprocessing on the device, and the clip embedding (`mean_embedding`) every embedding operator reduces frames with.
+Used by `operators.clip_embedding` and `curation heads train`."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, ClassVar
 
 import numpy as np
-import pyarrow as pa
-
-from curation.operator import Operator, OperatorConfigError, Resources
-from operators.heads import EMBED_DIM, HeadSet
 
 log = logging.getLogger(__name__)
 
-FRAME_EMBEDDINGS_COLUMN = "clip_frame_embeddings"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 PRECISIONS = ("bf16", "pure_bf16", "autocast", "fp32")
 TINY_ARCH = "tiny-test"  # a 2-layer random ViT with a 768-d output: for plumbing tests only
+
 
 
 def _build_visual(arch: str, weights_path: str | None, quick_gelu: bool, precision: str = "fp32"):
@@ -281,202 +269,3 @@ def mean_embedding(per_frame: np.ndarray) -> np.ndarray:
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     m = x.mean(axis=0)
     return (m / max(float(np.linalg.norm(m)), 1e-12)).astype(np.float32)
-
-
-class ClipEmbedding(Operator):
-    """CLIP ViT-L/14 image embeddings of `frames` plus the configured heads, in one GPU actor."""
-
-    name: ClassVar[str] = "embedding"
-    needs: ClassVar[tuple[str, ...]] = ("frames",)
-    produces: ClassVar[dict[str, pa.DataType]] = {"embedding": pa.list_(pa.float32())}  # + heads, per instance
-    models: ClassVar[tuple[str, ...]] = ("clip-vit-l-14",)
-    stateful: ClassVar[bool] = True
-    # Fractional so that other GPU operators (captioner, NSFW) can share the card. Several replicas of *this* actor
-    # on one card measured slower than one (CUDA context time-slicing, bench/BENCHMARKS.md): give the pool
-    # one actor per GPU (`concurrency` = number of GPUs); the pipelined chunks already overlap copies and compute.
-    default_resources: ClassVar[Resources] = Resources(num_cpus=1, num_gpus=0.25)
-    # 144 rows × K=8 frames = 1,152 images = one 128-image chunk (short host copy before the GPU starts) + four
-    # 256-image chunks whose copies hide behind the previous forward; no padding for the compiled shapes, and the
-    # GPU's idle time between two calls (results back, next batch's first copy) spread over more images.
-    default_batch_size: ClassVar[int] = 144
-    params: ClassVar[dict[str, Any]] = {
-        "arch": "ViT-L-14",
-        "weights": "clip-vit-l-14",  # registry key or a file path; null = random weights (tests/benchmarks only)
-        "allow_random_weights": False,
-        "heads": ["aesthetic"],
-        "head_paths": {},
-        "aesthetic_reduce": "mean",
-        "batch_images": 256,
-        # "bf16": open_clip's mixed precision (bf16 weights, fp32 LayerNorm) — measured 1.4× the throughput of
-        # "autocast" (fp32 weights under torch.autocast) on an H100, see bench/BENCHMARKS.md; "pure_bf16"
-        # also casts LayerNorm; "fp32". CPU always runs fp32.
-        "precision": "bf16",
-        "channels_last": True,
-        "compile": "auto",  # torch.compile on CUDA: ≈30 s per actor and batch shape, once; +35% images/s measured
-        "keep_frame_embeddings": False,
-        "model_dir": None,
-        "device": "auto",
-    }
-
-    def validate(self) -> None:
-        """Check params; derive this instance's output columns and model keys from its heads."""
-        c = self.config
-        HeadSet.validate(c["heads"], c["head_paths"], c["aesthetic_reduce"], self.name)
-        if c["weights"] is None and not c["allow_random_weights"]:
-            raise OperatorConfigError(f"operator '{self.name}': weights is null; random weights need "
-                                      "allow_random_weights: true (tests and benchmarks only)")
-        if c["precision"] not in PRECISIONS:
-            raise OperatorConfigError(f"operator '{self.name}': precision must be one of {PRECISIONS}")
-        if c["compile"] not in (True, False, "auto"):
-            raise OperatorConfigError(f"operator '{self.name}': compile must be true, false or auto")
-        if int(c["batch_images"]) < 1:
-            raise OperatorConfigError(f"operator '{self.name}': batch_images must be ≥ 1")
-        self.heads = HeadSet(c["heads"], c["head_paths"], c["aesthetic_reduce"], c["model_dir"])
-        self.produces = {"embedding": pa.list_(pa.float32()), **self.heads.columns()}
-        if c["keep_frame_embeddings"]:
-            self.produces[FRAME_EMBEDDINGS_COLUMN] = pa.list_(pa.list_(pa.float32()))
-        backbone = (c["weights"],) if c["weights"] and "/" not in str(c["weights"]) else ()
-        self.models = backbone + self.heads.model_keys()
-
-    def setup(self) -> None:
-        """Resolve weights through the registry and load backbone and heads (once per actor)."""
-        from curation import models
-
-        c = self.config
-        weights = c["weights"]
-        if weights and "/" not in str(weights):
-            weights = str(models.resolve(weights, c["model_dir"]))
-        if weights is None:
-            log.warning("operator %s: RANDOM WEIGHTS — embeddings and head scores are meaningless", self.name)
-        self.backbone = ClipBackbone(arch=c["arch"], weights_path=weights, device=c["device"],
-                                     precision=c["precision"], batch_images=int(c["batch_images"]),
-                                     channels_last=c["channels_last"], compile=c["compile"])
-        self.backbone.load()
-        self.heads.load()
-
-    def score_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Embed all rows' frames in one batched pass, then score the heads per clip."""
-        frames = []
-        for r in rows:
-            f = np.asarray(r["frames"])
-            if f.ndim != 4 or f.shape[-1] != 3 or f.dtype != np.uint8 or len(f) == 0:
-                raise ValueError(f"frames must be uint8 (K,H,W,3) with K ≥ 1, got {f.dtype} {f.shape}")
-            frames.append(f)
-        per_frame = self.backbone.embed(frames)
-        head_scores = self.heads.score(per_frame)
-        out = []
-        for emb, scores in zip(per_frame, head_scores):
-            row = {"embedding": mean_embedding(emb), **scores}
-            if self.config["keep_frame_embeddings"]:
-                row[FRAME_EMBEDDINGS_COLUMN] = emb
-            out.append(row)
-        return out
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = super().__call__(batch)
-        if self.config["keep_frame_embeddings"]:
-            # The base class turns list columns into Python lists; keep the (K, 768) blocks as float32 arrays so
-            # Ray carries them as a tensor column instead of nested lists of doubles.
-            col = out[FRAME_EMBEDDINGS_COLUMN]
-            fixed = np.empty(len(col), dtype=object)
-            for i, v in enumerate(col):
-                fixed[i] = None if v is None else np.asarray(v, dtype=np.float32)
-            out[FRAME_EMBEDDINGS_COLUMN] = fixed
-        return out
-
-
-# -- offline profile: a classical descriptor ----------------------------------------------------------------------
-
-# Block layout of the descriptor (dimension 260). Each block is L2-normalised and weighted so that no block dominates
-# by its size; histograms are square-rooted first (Hellinger) so a few dominant bins do not swamp the rest.
-DESCRIPTOR_BLOCKS = {
-    "hsv_hist": 8 * 4 * 4,  # joint hue × saturation × value histogram: global colour
-    "grad_orient": 9 * 2 * 2,  # magnitude-weighted unsigned gradient orientations in 2×2 cells: texture/edges
-    "gray_layout": 8 * 8,  # zero-mean, unit-variance 8×8 grey thumbnail: spatial layout
-    "chroma_layout": 4 * 4 * 2,  # Lab a/b on a 4×4 grid, centred on grey: where the colours are
-}
-DESCRIPTOR_DIM = sum(DESCRIPTOR_BLOCKS.values())
-_BLOCK_WEIGHTS = {"hsv_hist": 1.0, "grad_orient": 1.0, "gray_layout": 1.0, "chroma_layout": 0.7}
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / max(float(np.linalg.norm(v)), 1e-12)
-
-
-def describe_frame(rgb: np.ndarray) -> np.ndarray:
-    """Classical descriptor of one RGB uint8 frame (DESCRIPTOR_DIM,), unit length."""
-    import cv2
-
-    h, w = rgb.shape[:2]
-    scale = 128.0 / min(h, w)
-    small = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
-    hist = cv2.calcHist([hsv], [0, 1, 2], None, [8, 4, 4], [0, 180, 0, 256, 0, 256]).ravel()
-    hsv_block = _unit(np.sqrt(hist / max(hist.sum(), 1.0)))
-
-    gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
-    mag, ang = cv2.cartToPolar(gx, gy, angleInDegrees=True)
-    bins = (np.mod(ang, 180.0) / 20.0).astype(np.int32).clip(0, 8)
-    gh, gw = gray.shape
-    cells = []
-    for cy in range(2):
-        for cx in range(2):
-            sl = (slice(cy * gh // 2, (cy + 1) * gh // 2), slice(cx * gw // 2, (cx + 1) * gw // 2))
-            cells.append(np.bincount(bins[sl].ravel(), weights=mag[sl].ravel(), minlength=9))
-    grad = np.concatenate(cells)
-    grad_block = _unit(np.sqrt(grad / max(grad.sum(), 1e-6)))
-
-    thumb = cv2.resize(gray, (8, 8), interpolation=cv2.INTER_AREA).ravel()
-    layout_block = _unit(thumb - thumb.mean()) if thumb.std() > 1e-3 else np.zeros(64, np.float32)
-
-    lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB)
-    ab = cv2.resize(lab, (4, 4), interpolation=cv2.INTER_AREA)[:, :, 1:].astype(np.float32) - 128.0
-    chroma_block = ab.ravel() / 64.0  # not normalised per frame: a grey frame should stay near zero here
-
-    parts = [_BLOCK_WEIGHTS["hsv_hist"] * hsv_block, _BLOCK_WEIGHTS["grad_orient"] * grad_block,
-             _BLOCK_WEIGHTS["gray_layout"] * layout_block, _BLOCK_WEIGHTS["chroma_layout"] * chroma_block]
-    return _unit(np.concatenate(parts).astype(np.float32))
-
-
-def describe_frames(frames: np.ndarray) -> np.ndarray:
-    """Clip descriptor: mean of per-frame descriptors, unit length (same reduction as the CLIP embedding)."""
-    return mean_embedding(np.stack([describe_frame(f) for f in frames]))
-
-
-class ClassicalDescriptor(Operator):
-    """Colour, gradient and layout statistics as `embedding`, so clustering and dedup run without model weights."""
-
-    name: ClassVar[str] = "descriptor"
-    needs: ClassVar[tuple[str, ...]] = ("frames",)
-    produces: ClassVar[dict[str, pa.DataType]] = {"embedding": pa.list_(pa.float32())}
-    stateful: ClassVar[bool] = False
-    default_resources: ClassVar[Resources] = Resources(num_cpus=1)
-    default_batch_size: ClassVar[int] = 16
-
-    def score_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        """Descriptor of the row's frames as `embedding`."""
-        frames = np.asarray(row["frames"])
-        if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
-            raise ValueError(f"frames must be (K,H,W,3) with K ≥ 1, got {frames.shape}")
-        return {"embedding": describe_frames(frames)}
-
-
-class PerceptualHash(Operator):
-    """64-bit DCT perceptual hash of the middle frame, as `phash` (uint64 bits stored in an int64)."""
-
-    name: ClassVar[str] = "phash"
-    needs: ClassVar[tuple[str, ...]] = ("frames",)
-    produces: ClassVar[dict[str, pa.DataType]] = {"phash": pa.int64()}
-    default_resources: ClassVar[Resources] = Resources(num_cpus=1)
-    default_batch_size: ClassVar[int] = 64
-
-    def score_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        """pHash of the middle frame."""
-        from curation.dedup import phash64
-
-        frames = np.asarray(row["frames"])
-        if frames.ndim != 4 or len(frames) == 0:
-            raise ValueError(f"frames must be (K,H,W,3) with K ≥ 1, got {frames.shape}")
-        return {"phash": phash64(frames[len(frames) // 2])}
