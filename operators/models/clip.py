@@ -9,6 +9,8 @@ import logging
 
 import numpy as np
 
+from operators.models.heads import EMBED_DIM
+
 log = logging.getLogger(__name__)
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
