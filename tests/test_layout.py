@@ -16,7 +16,8 @@ PACKAGES = ("curation", "operators", "captioner", "trainer", "pipelines")
 CORE = ("curation.errors", "curation.schema", "curation.outfs", "curation.operator", "curation.config",
         "curation.catalog", "curation.decide", "curation.models")
 INGEST = ("curation.ingest",)
-PASSES = ("curation.rayinit", "curation.graph", "curation.manifest", "curation.progress", "curation.logfilter", "curation.dedup",
+PASSES = ("curation.rayinit", "curation.graph", "curation.manifest", "curation.progress", "curation.logfilter",
+          "curation.dedup",
           "curation.clustering", "curation.stages", "curation.resume", "curation.report")
 PLUGINS = ("operators", "captioner", "curation.testing")
 RUN = ("curation.run", "curation.runner")
