@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.operator import Operator, Resources
-from operators.models.heads import HeadSet
+from operators.models.heads import EMBED_DIM, HeadSet
 
 
 class ClipHeads(Operator):
