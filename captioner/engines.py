@@ -1,4 +1,4 @@
-"""Captioning engines behind one seam: the Ray pass (`captioner.manifest`) asks this module for an engine by name and
+"""Captioning engines behind one seam: the Ray pass (`captioner.caption_pass`) asks this module for an engine by name and
 calls `engine.caption(items)`; prompt building and cleaning are shared (`captioner.prompts`).
 
 An engine is a class with `caption(items) -> [(caption, caption_source)]` (items: `frames`, `media_type`,

@@ -153,7 +153,7 @@ def caption_pass(output: str, cfg: PipelineConfig) -> dict[str, Any]:
     """Caption the kept rows (Qwen2-VL + OCR text), a Ray pass after clustering; off: say so in run.json."""
     if not cfg.captioning.enabled:
         return {"enabled": False, "note": "captioning is off (captioning.enabled); `caption` stays null"}
-    from captioner.manifest import caption_manifest
+    from captioner.caption_pass import caption_manifest
 
     return caption_manifest(output, cfg.captioning, cfg.limits)
 
@@ -193,7 +193,7 @@ def caption_output(output_dir: str | os.PathLike, cfg: PipelineConfig) -> dict[s
     its stage mixes so they carry the captions, record the pass in run.json and rewrite report.html."""
     import json
 
-    from captioner.manifest import caption_manifest
+    from captioner.caption_pass import caption_manifest
     from curation.stages import write_stages
 
     out = os.fspath(output_dir)

@@ -431,7 +431,7 @@ def make_visual_text(out: str | os.PathLike, n: int, seed: int = 0,
     import pandas as pd
     import ray
 
-    from curation.manifest import write_json_atomic, write_table_atomic
+    from curation.manifest import part_files, write_json_atomic, write_table_atomic
 
     if n < 1:
         raise ConfigError(f"--n: expected at least 1 sample, got {n}")
@@ -457,16 +457,16 @@ def make_visual_text(out: str | os.PathLike, n: int, seed: int = 0,
     # Manifest parts; a re-run into the same folder replaces them.
     samples = root / "samples"
     samples.mkdir(exist_ok=True)
-    for old in samples.glob("part-*.parquet"):
-        old.unlink()
+    for old in part_files(samples):
+        os.remove(old)
     for i, start in enumerate(range(0, len(rows), cfg.part_rows)):
         write_table_atomic(_table(rows.iloc[start:start + cfg.part_rows]), samples / f"part-{i:05d}.parquet")
     kept = rows[rows["status"] == "kept"]
     weight, mix_total = stage_weight(cfg, len(kept))
     stage_dir = root / "stages" / cfg.stage_name
     stage_dir.mkdir(parents=True, exist_ok=True)
-    for old in stage_dir.glob("part-*.parquet"):
-        old.unlink()
+    for old in part_files(stage_dir):
+        os.remove(old)
     import pyarrow as pa
 
     table = _table(kept).drop_columns(["embedding"])
