@@ -342,7 +342,7 @@ def test_config_validation(tmp_path):
         prep.load_config(str(good), ["text_encoder.kind=clip"])
     with pytest.raises(ConfigError, match="vae.chunk_frames"):
         prep.load_config(str(good), ["vae.chunk_frames=3"])
-    with pytest.raises(ConfigError, match="stages has no item 9"):
+    with pytest.raises(ConfigError, match="stages.9 is not an index of a list of"):
         prep.load_config(str(good), ["stages.9.fps=4"])
     full = prep.load_config(str(ROOT / "trainer" / "configs" / "prepare_wan.yaml"))
     assert full.text_encoder.kind == "umt5" and not full.caption_fallback and full.compute.num_gpus == 1

@@ -37,9 +37,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
-import yaml
 
-from trainer.components.config import ConfigError, from_dict, to_dict
+from trainer.components.config import ConfigError, load_yaml, to_dict
 from trainer.data import latents as fmt
 from trainer.data.buckets import Bucket, StageBuckets, assign, stage_buckets
 from trainer.models.text.encoder import MAX_TOKENS, TextEncoderConfig, model_folder, model_id
@@ -100,39 +99,9 @@ class PrepareConfig:
 # ----- config --------------------------------------------------------------------------------------------------
 
 
-def _set_dotted(data: dict, key: str, value: Any) -> None:
-    node: Any = data
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"--set {key}: {'.'.join(parts[:i])} has no item {part}")
-            if last:
-                node[int(part)] = value
-            else:
-                node = node[int(part)]
-            continue
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: {'.'.join(parts[:i])} is not a mapping")
-        if last:
-            node[part] = value
-        else:
-            node = node.setdefault(part, {})
-
-
 def load_config(path: str, overrides: list[str] = ()) -> PrepareConfig:
     """Read a prepare config, apply `--set dotted.key=value` overrides (YAML scalars), validate; errors name the key."""
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
-        key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
-    cfg = from_dict(PrepareConfig, data)
+    cfg = load_yaml(path, PrepareConfig, overrides)
     validate(cfg)
     return cfg
 

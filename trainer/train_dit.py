@@ -24,10 +24,9 @@ import time
 
 import numpy as np
 import torch
-import yaml
 
 from trainer.components import checkpoint as ckpt
-from trainer.components.config import ConfigError, apply_overrides, from_dict, to_dict
+from trainer.components.config import ConfigError, load_yaml, to_dict
 from trainer.components.ema import EMA
 from trainer.components.lr import lr_at
 from trainer.components.metrics import MetricsLog, Progress, dit_train_flops, matmul_peak_flops
@@ -171,11 +170,7 @@ class DiTTrainConfig:
 
 def load_config(path: str, overrides: list[str] = ()) -> DiTTrainConfig:
     """Read a YAML config, apply `--set` overrides, validate; every error is one ConfigError naming the key."""
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
-    cfg = from_dict(DiTTrainConfig, apply_overrides(data, list(overrides)))
+    cfg = load_yaml(path, DiTTrainConfig, overrides)
     validate(cfg)
     return cfg
 

@@ -104,13 +104,14 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
         raise ConfigError(f"{prefix or cls.__name__}: {e}") from e
 
 
-def load_yaml(path: str, cls: type[T]) -> T:
-    """Read a YAML file into dataclass `cls` (validated)."""
+def load_yaml(path: str, cls: type[T], overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """Read a YAML file, apply `--set dotted.key=value` overrides, and build dataclass `cls` (validated): the one
+    config reader of the trainer's scripts; every error is one ConfigError naming the key."""
     with open(path) as fh:
         data = yaml.safe_load(fh) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    return from_dict(cls, data)
+    return from_dict(cls, apply_overrides(data, list(overrides)) if overrides else data)
 
 
 def to_dict(obj: Any) -> Any:
