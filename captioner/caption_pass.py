@@ -1,5 +1,6 @@
 """The captioning pass: after clustering, caption the kept rows of `<output>/samples/` and fill `caption` and
-`caption_source` in the part files in place. `curation.run` orders it among the passes (docs/ARCHITECTURE.md, "The flow").
+`caption_source` in the part files in place. `curation.run` orders it among the passes (docs/ARCHITECTURE.md,
+"The flow").
 
 A Ray Data pass, like clustering's: read the parts (with their paths) → keep rows with `status == kept` and no
 caption yet (all kept rows with `recaption`) → decode each row's frames again from its source (CPU tasks, the

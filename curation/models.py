@@ -1,4 +1,5 @@
-"""Model registry (docs/ARCHITECTURE.md, "Models"): every model pinned, resolved from a local cache, checked before a run touches data.
+"""Model registry (docs/ARCHITECTURE.md, "Models"): every model pinned, resolved from a local cache, checked before a
+run touches data.
 
 Layout of the cache (`CURATION_MODEL_DIR`, default `~/.cache/curation/models`): one folder per registry key holding
 the pinned files under their own names, plus `.pulled.json` recording where and at which revision they came from:

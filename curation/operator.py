@@ -1,4 +1,5 @@
-"""The operator contract (docs/ARCHITECTURE.md, "The operator contract"): an operator scores rows, never drops them, and isolates per-row failures."""
+"""The operator contract (docs/ARCHITECTURE.md, "The operator contract"): an operator scores rows, never drops them,
+and isolates per-row failures."""
 
 from __future__ import annotations
 

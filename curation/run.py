@@ -1,4 +1,4 @@
-"""Runs a job: the graph, then the passes after it, in one order (graph → clustering → captioning → stages → report).
+"""Runs a job: the graph, then the passes after it, in one order: graph → clustering → captioning → stages → report.
 
 Every verb that re-runs a pass goes through here: `curation run` and `pipelines/pretrain_mix.py` (`run_pipeline`),
 `curation caption` (`caption_output`), `curation decide` (`decide_output`) and `curation report` (`report_pass`).
@@ -140,7 +140,8 @@ def run_pipeline(inputs: list[str], output: str | os.PathLike, cfg: PipelineConf
 
 
 def check_models(keys: list[str]) -> dict[str, Any]:
-    """Resolve every model the run needs before touching data (docs/ARCHITECTURE.md, "Models"); fail at once listing what is missing."""
+    """Resolve every model the run needs before touching data (docs/ARCHITECTURE.md, "Models"); fail at once listing
+    what is missing."""
     if not keys:
         return {}
     from curation.models import describe, require

@@ -31,7 +31,8 @@ IDENTITY_FIELDS: list[pa.Field] = [
     pa.field("clips_in_source", pa.int64()),
 ]
 
-# Score columns of docs/ARCHITECTURE.md, "Schema". Operators may add more through their `produces`; these are always present.
+# Score columns (docs/ARCHITECTURE.md, "Schema"). Operators may add more through their `produces`; these are always
+# present.
 SCORE_FIELDS: list[pa.Field] = [
     pa.field("text_area_ratio", pa.float64()),
     pa.field("ocr_text", pa.string()),

@@ -1,4 +1,5 @@
-"""Decode once: each clip is decoded one time, at reduced resolution, into the named frame views of docs/ARCHITECTURE.md, "Frame views".
+"""Decode once: each clip is decoded one time, at reduced resolution, into the named frame views (docs/ARCHITECTURE.md,
+"Frame views").
 
 - `frames`: K uniformly spaced RGB frames, short side `short_side` (never upscaled), for vision models, OCR, NSFW;
 - `motion_frames`: grayscale frames at ~`motion_fps`, `motion_width` wide, for optical flow.
