@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from curation.config import CAPTION_ENGINES
+
 DEFAULT_ENGINE = "qwen2vl"
 
 
@@ -31,6 +33,9 @@ def _load_qwen2vl_fast(cfg: Any) -> Any:
 
 
 ENGINES: dict[str, Callable[[Any], Any]] = {"qwen2vl": _load_qwen2vl, "qwen2vl_fast": _load_qwen2vl_fast}
+# The config accepts exactly these names (curation.config.CAPTION_ENGINES): one list, checked here at import.
+if tuple(ENGINES) != CAPTION_ENGINES:
+    raise RuntimeError(f"captioner.engines {tuple(ENGINES)} and curation.config.CAPTION_ENGINES {CAPTION_ENGINES} differ")
 
 
 def engine_name(cfg: Any) -> str:

@@ -61,6 +61,11 @@ class ClusteringConfig:
     reject_duplicates: bool = True
 
 
+# The captioning engines a config may name; `captioner.engines` loads each (and checks it has a loader for every name),
+# so the config is checked without importing the captioner (the core imports nothing above it).
+CAPTION_ENGINES = ("qwen2vl", "qwen2vl_fast")
+
+
 @dataclass(frozen=True)
 class CaptionConfig:
     """Dense captions of the kept rows after clustering: Qwen2-VL with the clip's OCR text in the prompt
@@ -183,10 +188,8 @@ def _parse_captioning(data: Any) -> CaptionConfig:
     if c.short_side < 28 or c.max_new_tokens < 1 or c.batch_size < 1 or c.concurrency < 1:
         raise ConfigError("captioning: short_side >= 28, max_new_tokens >= 1, batch_size >= 1 and concurrency >= 1 "
                           "required")
-    from captioner.engines import ENGINES
-
-    if c.engine not in ENGINES:
-        raise ConfigError(f"captioning.engine: one of {', '.join(sorted(ENGINES))}, got {c.engine!r}")
+    if c.engine not in CAPTION_ENGINES:
+        raise ConfigError(f"captioning.engine: one of {', '.join(sorted(CAPTION_ENGINES))}, got {c.engine!r}")
     if c.dtype not in ("bfloat16", "float16", "float32"):
         raise ConfigError(f"captioning.dtype: bfloat16, float16 or float32, got {c.dtype!r}")
     if c.enabled:
