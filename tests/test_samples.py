@@ -126,6 +126,24 @@ def test_motion_categories_differ_in_frame_change(samples):
     assert np.abs(np.diff(flicker.mean(axis=(1, 2)))).mean() > 20
 
 
+def _assert_same_content(a: Path, b: Path) -> None:
+    """Same file, or for an H.264 video the same frames within encoding noise.
+
+    The frames handed to the encoder are the same bytes on every run, but libx264 (FFmpeg 8 through PyAV 18) now and
+    then makes other mode decisions for them (seen on this machine: 4 different files in 6 runs of one clip, frames
+    41-42 dB apart, mean |diff| 0.4-0.55), so encoded videos are compared decoded: the same number of frames, every
+    frame above 36 dB PSNR and mean |diff| under 1.5 levels. Other files (images, broken files, labels) are compared
+    byte for byte."""
+    if a.read_bytes() == b.read_bytes():
+        return
+    assert a.suffix == ".mp4" and not a.parent.name == "broken", f"{a.name}: bytes differ"
+    fa, fb = (np.stack(_decode(p)).astype(np.float64) for p in (a, b))
+    assert fa.shape == fb.shape, (a.name, fa.shape, fb.shape)
+    mse = ((fa - fb) ** 2).mean(axis=(1, 2, 3))
+    psnr = 10 * np.log10(255.0**2 / np.maximum(mse, 1e-12))
+    assert psnr.min() > 36.0 and np.abs(fa - fb).mean() < 1.5, (a.name, psnr.min(), np.abs(fa - fb).mean())
+
+
 def test_same_seed_same_bytes_other_seed_other_content(samples, tmp_path):
     out, df = samples
     again = make_samples(tmp_path / "again", seed=0, categories=SUBSET)
@@ -133,7 +151,7 @@ def test_same_seed_same_bytes_other_seed_other_content(samples, tmp_path):
     assert len(again) == 4 + 2 + 3  # a subset's files are the same with or without the other categories
     pd.testing.assert_frame_equal(again, expected)
     for rel in again["file"]:
-        assert (tmp_path / "again" / rel).read_bytes() == (out / rel).read_bytes(), rel
+        _assert_same_content(tmp_path / "again" / rel, out / rel)
 
     other = make_samples(tmp_path / "other", seed=1, categories=SUBSET)
     assert list(other["file"]) == list(again["file"])

@@ -107,8 +107,9 @@ LATIN_FONT_CANDIDATES = [
 def make_samples(out_dir: str | Path, seed: int = 0, *, categories: Iterable[str] | None = None) -> pd.DataFrame:
     """Write the labeled sample set under `out_dir` and return its labels (also written to labels.parquet).
 
-    `categories` (names from `CATEGORIES`) restricts generation to some groups, e.g. for quick tests; a file's bytes
-    do not depend on which other categories are generated.
+    `categories` (names from `CATEGORIES`) restricts generation to some groups, e.g. for quick tests; a file does
+    not depend on which other categories are generated (the frames fed to the encoder are the same bytes on every
+    run; libx264 now and then encodes them a little differently, at the level of its own coding noise).
     """
     out = Path(out_dir)
     wanted = list(CATEGORIES) if categories is None else list(categories)
