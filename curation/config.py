@@ -413,7 +413,7 @@ def parse_config(data: dict[str, Any]) -> PipelineConfig:
     )
     # Instantiating each operator validates its parameters now, at start-up, not on a worker hours later.
     from curation.catalog import build_operator
-    from curation.schema import BASE_CATEGORIES, base_schema
+    from curation.schema import BASE_CATEGORIES, POST_DECISION_COLUMNS, base_schema
 
     produced = {f.name for f in base_schema()}
     categories = dict(BASE_CATEGORIES)
@@ -422,6 +422,9 @@ def parse_config(data: dict[str, Any]) -> PipelineConfig:
         produced |= set(op.produces)
         categories.update(op.categories)
     for rule in cfg.decide:
+        if rule.column in POST_DECISION_COLUMNS:
+            raise ConfigError(f"decide.{rule.column}: this column is filled after decisions are made, so the rule "
+                              f"could never fire; use {POST_DECISION_COLUMNS[rule.column]}")
         if rule.column not in produced:
             raise ConfigError(f"decide.{rule.column}: no column of that name in the schema or produced by the "
                               f"configured operators")

@@ -2,7 +2,7 @@
 
 A rule on a column whose value is null (not computed: the operator was off, or the row failed before it) does not
 fire: a missing score is not evidence. Failed rows stay failed. Reasons read like `aesthetic_score<4.5`,
-`text_area_ratio>0.05`, `motion_tier=static`, `duplicate_of`.
+`text_area_ratio>0.05`, `motion_tier=static` (and `duplicate_of`, which clustering adds with `reject_duplicates`).
 """
 
 from __future__ import annotations

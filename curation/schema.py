@@ -55,6 +55,15 @@ SCORE_FIELDS: list[pa.Field] = [
     pa.field("caption_source", pa.string()),
 ]
 
+# Filled by passes after the graph has decided (clustering: cluster_id, duplicate_of; captioning: caption,
+# caption_source), so `decide:` rules cannot use them; stage `where:` rules, which run after those passes, can.
+POST_DECISION_COLUMNS = {
+    "cluster_id": "stages (a stage's `where:` or `balance: cluster_id`)",
+    "duplicate_of": "clustering.reject_duplicates: true (or a stage's `where:`)",
+    "caption": "stages (a stage's `where:`) or the captioning section",
+    "caption_source": "stages (a stage's `where:`)",
+}
+
 DECISION_FIELDS: list[pa.Field] = [
     pa.field("status", pa.string(), nullable=False),
     pa.field("reject_reasons", pa.list_(pa.string())),

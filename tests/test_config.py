@@ -77,6 +77,19 @@ def test_rule_on_unknown_column_is_refused():
         parse_config({"decide": {"short_side": {"min": 128}}})  # needs the `basic` operator
 
 
+@pytest.mark.parametrize("column, knob", [("duplicate_of", "clustering.reject_duplicates"),
+                                           ("cluster_id", "stages"), ("caption", "stages")])
+def test_decide_rule_on_a_column_filled_after_decisions_is_refused(column, knob):
+    """`decide:` runs in the graph, before clustering and captioning fill these columns: such a rule could never
+    fire (a user's `duplicate_of: {reject_if_true: true}` kept every duplicate), so it is refused with the way to do
+    it. Stage `where:` rules run after those passes and may use them."""
+    rule = {"reject_if_true": True} if column != "cluster_id" else {"exclude": ["3"]}
+    with pytest.raises(ConfigError, match=rf"decide\.{column}: .*filled after .*{knob}"):
+        parse_config({"decide": {column: rule}})
+    cfg = parse_config({"stages": [{"name": "s1", "balance": None, "where": {column: rule}}]})
+    assert cfg.stages[0].where[0].column == column
+
+
 @pytest.mark.parametrize(
     "data, needle",
     [
