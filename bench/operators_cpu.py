@@ -60,7 +60,7 @@ def sample_clips(samples: Path, with_images: bool = False) -> list[dict]:
 
 def make_hd_clips(out: Path) -> list[dict]:
     """Production-sized clips (5 s at 30 fps, 1280x720 and 1920x1080, pan + subtitle + logo) for the decode ratio."""
-    from curation import samples as S
+    from curation.testing import samples as S
 
     photos, fonts = S.load_photos(), S.find_fonts()
     clips = []

@@ -125,7 +125,7 @@ def test_rotated_video_is_upright(corpus, decoder, monkeypatch):
     root, _ = corpus
     rows = source_to_rows(str(root / "rotated_90.mp4"), CFG)
     assert [(r["width"], r["height"], r["rotation"]) for r in rows] == [(128, 192, 90)]
-    from curation import frames
+    from curation.ingest import frames
 
     if decoder == "pyav":
         monkeypatch.setattr(frames, "_decode_decord", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("off")))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from curation import samples as S
+from curation.testing import samples as S
 from operators.watermark import WatermarkDetector, evidence_to_score, watermark_heuristic
 
 W, H, N = 480, 272, 72

@@ -207,7 +207,7 @@ def test_data_windows_decoders_and_images(tmp_path):
 def test_training_clips_are_the_frames_curation_scored(tmp_path, monkeypatch, name, isolation):
     """The trainer decodes through curation's decoder: on a variable-frame-rate and a rotated clip it gets the
     frames the graph's frame views hold (same indices, upright), not frames found by timestamp."""
-    from curation import hostile
+    from curation.testing import hostile
     from curation.config import FramesConfig
     from curation.ingest import row_views, source_to_rows
     from curation.config import load_config

@@ -44,6 +44,7 @@ class ModelConfig:
     config: dict = dataclasses.field(default_factory=dict)  # Wan2.1 keywords over the preset (dim, text_dim, ...)
     init: str | None = None  # released or exported checkpoint (folder, or .safetensors), loaded strictly
     checkpointing: str = "none"  # activation checkpointing: none | block
+    compile: bool = False  # torch.compile each block (bench/dit.py on an H200: 1.44-1.61x with cuDNN attention)
 
 
 @dataclasses.dataclass
@@ -352,7 +353,8 @@ def build_model(cfg: DiTTrainConfig, rt: Runtime) -> tuple[WanDiT, DiTConfig]:
             model = WanDiT.from_config(mcfg)
     model = model.to(rt.device).train()
     # The one place the model becomes parallel: context parallelism (ring/ulysses), activation checkpointing, FSDP2.
-    apply_parallelism(model, rt.mesh, cfg.parallel, cfg.model.checkpointing, bf16=cfg.train.precision == "bf16")
+    apply_parallelism(model, rt.mesh, cfg.parallel, cfg.model.checkpointing, bf16=cfg.train.precision == "bf16",
+                      compile_blocks=cfg.model.compile)
     return model, mcfg
 
 

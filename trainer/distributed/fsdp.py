@@ -36,6 +36,16 @@ def apply_activation_checkpointing(model: nn.Module, policy: str) -> None:
         block.forward = forward
 
 
+def apply_compile(model: nn.Module) -> None:
+    """torch.compile each block's forward in place (before checkpointing and FSDP2, as torchtitan orders them).
+
+    The bound forward is compiled, not the module, so parameter names (and checkpoints) stay as released; FSDP2's
+    hooks run around the compiled region. Shapes that change between phases recompile once each, then dynamo marks
+    the sequence dimension dynamic."""
+    for block in model.blocks:
+        block.forward = torch.compile(block.forward)
+
+
 def apply_fsdp(model: nn.Module, mesh, bf16: bool, reshard_after_forward: bool = True) -> None:
     """fully_shard every block and the root over the mesh's FSDP dims (bf16 compute, fp32 reduce when `bf16`)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -67,10 +77,14 @@ def apply_context_parallel(model: nn.Module, mesh, parallel) -> None:
     apply_cp(model, mesh, parallel)
 
 
-def apply_parallelism(model: nn.Module, mesh, parallel, checkpointing: str, bf16: bool) -> nn.Module:
-    """Make `model` parallel over `mesh` (None: one process): CP, then activation checkpointing, then FSDP2."""
+def apply_parallelism(model: nn.Module, mesh, parallel, checkpointing: str, bf16: bool,
+                      compile_blocks: bool = False) -> nn.Module:
+    """Make `model` parallel over `mesh` (None: one process): CP, then per-block torch.compile (optional), then
+    activation checkpointing, then FSDP2."""
     if mesh is not None:
         apply_context_parallel(model, mesh, parallel)
+    if compile_blocks:
+        apply_compile(model)
     apply_activation_checkpointing(model, checkpointing)
     if mesh is not None:
         apply_fsdp(model, mesh, bf16)
