@@ -272,6 +272,9 @@ def test_command_line_run_with_caption_fallback(prepared, tiny_text, tmp_path):
                            "--config", str(config)], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "s1_mixed: 6 rows, 5 ok, 1 failed" in proc.stdout and "RANDOM-INIT VAE" in proc.stdout
+    # Logged to a file (stderr is not a terminal): Ray's known noise line and colour codes are filtered out, as in
+    # curation runs (curation/logfilter.py).
+    assert "has constructor arguments in the object store" not in proc.stderr and "\x1b[" not in proc.stderr
     idx = read_index(out).set_index("sample_id")
     # The row without a caption now trains on one built from its fields; real captions are kept.
     assert idx.loc["nocap", "status"] == "ok" and idx.loc["nocap", "caption_source"] == "fallback:fields"

@@ -642,7 +642,7 @@ def main(argv=None) -> int:
     try:
         from curation.rayinit import init_ray
 
-        init_ray(args.address)
+        init_ray(args.address, quiet_logs=True)  # a command-line run: Ray's known noise line out of log files
         meta = prepare(args.stages, args.out, cfg, config_path=str(Path(args.config).resolve()),
                        retry_failed=args.retry_failed)
     except (FileNotFoundError, RuntimeError, ValueError) as e:
