@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from curation.config import parse_config
+from curation.config import Rule, parse_config
 from curation.decide import decide_batch, reasons_for
 
 
@@ -15,8 +15,9 @@ def test_reasons_min_max_exclude_flag():
         "duration_s": {"min": 1.0, "max": 60.0},
         "short_side": {"min": 128},
         "motion_tier": {"exclude": ["static", "shaky"]},
-        "duplicate_of": {"reject_if_true": True},
     })
+    # A flag rule, as stage `where:` rules use it (decide: refuses duplicate_of: clustering fills it afterwards).
+    rules = rules + (Rule(column="duplicate_of", reject_if_true=True),)
     assert reasons_for({"duration_s": 0.5, "short_side": 64}, rules) == ["duration_s<1.0", "short_side<128"]
     assert reasons_for({"duration_s": 61.0}, rules) == ["duration_s>60.0"]
     assert reasons_for({"motion_tier": "static"}, rules) == ["motion_tier=static"]

@@ -80,8 +80,8 @@ SPECS = [("kept", 300, 0.1, None), ("kept", 200, 0.2, None), ("failed", None, No
 
 
 def test_redecide_table_matches_the_graphs_decide():
-    cfg = _cfg(decide={"short_side": {"min": 256}, "watermark_score": {"max": 0.5},
-                       "duplicate_of": {"reject_if_true": True}})  # filled after decide: the graph never sees it
+    # (no rule on duplicate_of: clustering fills it after decisions, so decide: refuses one)
+    cfg = _cfg(decide={"short_side": {"min": 256}, "watermark_score": {"max": 0.5}})
     t = _rows(plan(cfg).schema, SPECS)
     out, changed = redecide_table(t, cfg.decide, keep_duplicate_reason=False)
     assert out.column("status").to_pylist() == ["kept", "rejected", "failed", "rejected", "kept"]
