@@ -14,6 +14,20 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = ROOT / "pipelines" / "configs" / "demo.yaml"
 
 
+@pytest.fixture(autouse=True)
+def _no_realtime_scheduling():
+    """Fail a test that leaves this process on a real-time scheduling policy, and put it back.
+
+    Some native code raises the calling thread to SCHED_FIFO when it runs as root (SVT-AV1's encoder does). Every
+    process started afterwards (Ray workers, the decoder helper, Chromium and Playwright's driver) inherits it, and
+    a few spinning real-time threads then starve a 2-core machine until CI's time limit."""
+    yield
+    if os.sched_getscheduler(0) != os.SCHED_OTHER:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        pytest.fail("this test left the test process on a real-time scheduling policy (SCHED_FIFO/RR): run the "
+                    "code that does it in a child process")
+
+
 def run_pipeline_cli(inputs, output, config=DEMO_CONFIG, extra=(), env=None, timeout=900):
     """Run pipelines/pretrain_mix.py as a user would, in its own process with its own local Ray."""
     cmd = [sys.executable, str(ROOT / "pipelines" / "pretrain_mix.py"), "--config", str(config),
