@@ -14,6 +14,7 @@ from pathlib import Path
 # the project is not pip-installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from curation.cli.run import add_run_arguments  # noqa: E402
 from curation.runner import main_run  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "pretrain_mix.yaml"
@@ -22,15 +23,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "pretrain_mix.yam
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run the curation graph."""
     p = argparse.ArgumentParser(description="Wan-style curation: sources -> clips -> scores -> manifests")
-    p.add_argument("--input", action="append", required=True, help="directory, file or URI (repeatable)")
-    p.add_argument("--output", required=True, help="output directory")
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline YAML")
-    p.add_argument("--limit", type=int, default=None, help="process at most N sources")
-    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or a local Ray)")
-    p.add_argument("--progress-interval", type=float, default=30.0, metavar="S",
-                   help="log sources done/total, rows/s and ETA every S seconds (default 30; 0: off)")
-    p.add_argument("--recompute", action="store_true", help="re-score rows the output holds from another scoring "
-                   "config (split, frames, limits, operators) instead of refusing to mix them")
+    add_run_arguments(p, DEFAULT_CONFIG)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return main_run(args.input, args.output, args.config, args.limit, args.address,
