@@ -12,6 +12,8 @@ frame views), `jobs` (what the decoder process runs), `decoder` (the process, it
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import json
 import logging
@@ -196,20 +198,28 @@ def drop_views(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 _VIEW_KEYS = ("source_uri", "media_type", "rotation", "width", "height", "start_frame", "end_frame", "fps")
 
 
-def row_views(row: dict[str, Any], frames: dict[str, Any], max_pixels: int,
-              timeout_s: float) -> tuple[dict, dict[str, np.ndarray]]:
-    """(meta, arrays) of one row's frame views (a clip or an image, `_VIEW_KEYS` of the row), decoded from its source
-    in the isolated decoder helper within `timeout_s`, download time included. Raises DecoderError or SourceError.
-    The graph's decode and the passes after it (captions, report thumbnails) all go through here."""
+@contextlib.contextmanager
+def _row_source(row: dict[str, Any], timeout_s: float):
+    """The local file of a row's source (downloaded if remote) and what a decode request needs: (path, the time left
+    of `timeout_s` after the download, media type, rotation, coded size; (0, 0) for an image)."""
     started = time.monotonic()
     with open_local(str(row["source_uri"])) as path:
         budget = max(0.0, timeout_s - (time.monotonic() - started))
         media = str(row["media_type"])
         rot = _int_or_zero(row.get("rotation"))
+        coded = (0, 0) if media == "image" else coded_size(int(row["width"]), int(row["height"]), rot)
+        yield path, budget, media, rot, coded
+
+
+def row_views(row: dict[str, Any], frames: dict[str, Any], max_pixels: int,
+              timeout_s: float) -> tuple[dict, dict[str, np.ndarray]]:
+    """(meta, arrays) of one row's frame views (a clip or an image, `_VIEW_KEYS` of the row), decoded from its source
+    in the isolated decoder helper within `timeout_s`, download time included. Raises DecoderError or SourceError.
+    The graph's decode and the passes after it (captions, report thumbnails) all go through here."""
+    with _row_source(row, timeout_s) as (path, budget, media, rot, coded):
         if media == "image":
-            coded, start, end, fps = (0, 0), 0, 1, None
+            start, end, fps = 0, 1, None
         else:
-            coded = coded_size(int(row["width"]), int(row["height"]), rot)
             start, end, fps = int(row["start_frame"]), int(row["end_frame"]), float(row["fps"])
         return run_isolated(
             "views", {"path": path, "media_type": media, "start": start, "end": end, "fps": fps,
@@ -222,16 +232,8 @@ def row_clip(row: dict[str, Any], indices: list[int], short_side: int, max_pixel
     """Frames `indices` (absolute frame numbers as in `start_frame`/`end_frame`) of one manifest row as upright RGB
     uint8 (N, H, W, 3), short side at most `short_side`, decoded by the same code and isolated helper as the graph's
     frame views (`row_views`); an image row gives its one frame. Raises DecoderError or SourceError."""
-    started = time.monotonic()
-    with open_local(str(row["source_uri"])) as path:
-        budget = max(0.0, timeout_s - (time.monotonic() - started))
-        media = str(row["media_type"])
-        rot = _int_or_zero(row.get("rotation"))
-        if media == "image":
-            coded, fps, idx = (0, 0), None, [0]
-        else:
-            coded = coded_size(int(row["width"]), int(row["height"]), rot)
-            fps, idx = float(row["fps"]), [int(i) for i in indices]
+    with _row_source(row, timeout_s) as (path, budget, media, rot, coded):
+        fps, idx = (None, [0]) if media == "image" else (float(row["fps"]), [int(i) for i in indices])
         _, arrays = run_isolated(
             "clip", {"path": path, "media_type": media, "indices": idx, "fps": fps, "coded_wh": list(coded),
                      "rotation": rot, "short_side": int(short_side), "max_pixels": max_pixels, "deadline_s": budget},
