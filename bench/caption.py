@@ -160,17 +160,60 @@ def profile(engine, items: list, new_tokens: int) -> dict:
            "gpu_kernel_s": round(busy_us / 1e6, 3), "gpu_busy_share": round(busy_us / 1e6 / wall, 3)}
     state = getattr(engine, "_state", None)
     if state is not None and state.graph is not None:
-        # The decode step on the device alone: graph replays back to back (no host work between them), at write
-        # positions inside the buffers; to compare with the engine's wall time per step.
-        state.index.fill_(state.length - 24)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(20):
-            state.graph.replay()
-        end.record()
+        with torch.inference_mode():  # the engine's buffers are inference tensors
+            # The decode step on the device alone: graph replays back to back (no host work between them), at write
+            # positions inside the buffers; to compare with the engine's wall time per step.
+            state.index.fill_(state.length - 24)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(20):
+                state.graph.replay()
+            end.record()
+            torch.cuda.synchronize()
+            out["graph_step_device_ms"] = round(start.elapsed_time(end) / 20, 3)
+            out["decode_step_wall_ms"] = round(1000 * engine.last_stats["decode_s"]
+                                               / max(1, engine.last_stats["steps"]), 3)
+    return out
+
+
+def prefill_profile(engine, items: list) -> dict:
+    """Where one prefill chunk's time goes (fast engine, `max_new_tokens=1`: processor + `generate` for one token):
+    wall vs GPU kernel time, the top kernels, and the vision encoder alone with grouped and per-group attention."""
+    import torch
+    from torch.profiler import ProfilerActivity
+
+    one = {"min_new_tokens": 1, "max_new_tokens": 1}
+    engine.generate_ids(items, **one)  # warm-up
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[ProfilerActivity.CUDA]) as prof:
+        t = time.perf_counter()
+        engine.generate_ids(items, **one)
         torch.cuda.synchronize()
-        out["graph_step_device_ms"] = round(start.elapsed_time(end) / 20, 3)
-        out["decode_step_wall_ms"] = round(1000 * engine.last_stats["decode_s"] / max(1, engine.last_stats["steps"]), 3)
+        wall = time.perf_counter() - t
+    avg = prof.key_averages()
+    busy_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in avg)
+    top = sorted(avg, key=lambda e: -(getattr(e, "self_device_time_total", 0) or 0))[:12]
+    out = {"rows": len(items), "wall_s": round(wall, 3), "gpu_kernel_s": round(busy_us / 1e6, 3),
+           "gpu_busy_share": round(busy_us / 1e6 / wall, 3), **{k: round(v, 3) for k, v in engine.last_stats.items()
+                                                                if k.endswith("_s")},
+           "top_kernels": [{"name": e.key[:90], "ms": round(e.self_device_time_total / 1e3, 2), "calls": e.count}
+                           for e in top]}
+    net = engine.model
+    inputs, _ = engine.inputs(items)
+    pixels = inputs["pixel_values_videos"].to(net.device, net.dtype)
+    grid = inputs["video_grid_thw"].to(net.device)
+    for on in (True, False):
+        engine.segment_attention = on
+        times = []
+        with torch.inference_mode(), engine._vision_attention():
+            for _ in range(3):
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                net.model.visual(pixels, grid_thw=grid)
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - t)
+        out[f"vision_encoder_s_{'grouped' if on else 'per_group'}"] = round(min(times), 4)
+    engine.segment_attention = True
     return out
 
 
@@ -226,9 +269,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, nargs="*", default=[16, 64])
     ap.add_argument("--old-batches", type=int, nargs="*", default=[128])
-    ap.add_argument("--fast-batches", type=int, nargs="*", default=[128, 256])
+    ap.add_argument("--fast-batches", type=int, nargs="*", default=[128, 256, 384])
     ap.add_argument("--eager-batches", type=int, nargs="*", default=[64],
                     help="qwen2vl_fast without CUDA graphs (what the graphs add)")
+    ap.add_argument("--pergroup-batches", type=int, nargs="*", default=[64],
+                    help="qwen2vl_fast with transformers' per-group vision attention (what grouping adds)")
+    ap.add_argument("--noise-rows", type=int, default=64,
+                    help="bf16 batching noise at this many rows (one of --batches): the old engine on the same rows "
+                         "in calls of --prefill-rows, and the new engine prefilling all rows in one chunk, each "
+                         "against the old engine's one call")
     ap.add_argument("--new-tokens", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--frames", type=int, default=8)
@@ -244,6 +293,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         args.batches, args.old_batches, args.fast_batches, args.eager_batches = [2, 3], [4], [5], [3]
+        args.pergroup_batches, args.noise_rows = [3], 3
         args.new_tokens, args.frames, args.size, args.prefill_rows = 6, 4, [112, 168], 2
     sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
     import torch
@@ -264,14 +314,19 @@ def main() -> None:
                    prefill_rows=args.prefill_rows, sync_every=args.sync_every, cuda_graphs=not args.no_graphs),
                "qwen2vl_fast_eager": FastQwen2VLCaptioner.from_loaded(net, processor, "random-qwen2-vl-7b-arch",
                                                                       **common).configure(
-                   prefill_rows=args.prefill_rows, sync_every=args.sync_every, cuda_graphs=False)}
+                   prefill_rows=args.prefill_rows, sync_every=args.sync_every, cuda_graphs=False),
+               "qwen2vl_fast_pergroup": FastQwen2VLCaptioner.from_loaded(net, processor, "random-qwen2-vl-7b-arch",
+                                                                         **common).configure(
+                   prefill_rows=args.prefill_rows, sync_every=args.sync_every, cuda_graphs=not args.no_graphs,
+                   segment_attention=False)}
     res: dict = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__,
                  "transformers": transformers.__version__, "params": sum(p.numel() for p in net.parameters()),
                  "build_s": round(time.perf_counter() - t0, 1), "new_tokens": args.new_tokens,
                  "frames": args.frames, "size": args.size, "prefill_rows": args.prefill_rows,
                  "sync_every": args.sync_every, "cuda_graphs": not args.no_graphs and cuda,
                  "tiny_float32_check": check,
-                 "runs": {"qwen2vl": {}, "qwen2vl_fast": {}, "qwen2vl_fast_eager": {}}, "identity": {},
+                 "runs": {"qwen2vl": {}, "qwen2vl_fast": {}, "qwen2vl_fast_eager": {}, "qwen2vl_fast_pergroup": {}},
+                 "identity": {},
                  "skipped": []}
 
     def save() -> None:
@@ -282,6 +337,7 @@ def main() -> None:
     plan = [(b, e) for b in args.batches for e in ("qwen2vl", "qwen2vl_fast")]
     plan += [(b, "qwen2vl") for b in args.old_batches] + [(b, "qwen2vl_fast") for b in args.fast_batches]
     plan += [(b, "qwen2vl_fast_eager") for b in args.eager_batches]
+    plan += [(b, "qwen2vl_fast_pergroup") for b in args.pergroup_batches]
     kept_ids: dict = {}
     for rows, name in plan:
         if time.perf_counter() - t0 > args.budget_s:
@@ -301,7 +357,36 @@ def main() -> None:
             res["identity"][rows] = identity(kept_ids[("qwen2vl", rows)], kept_ids[("qwen2vl_fast", rows)])
             print("identity", rows, res["identity"][rows], flush=True)
         save()
-    engines["qwen2vl_fast"]._state = engines["qwen2vl_fast_eager"]._state = None  # cached buffers and graph
+    for name in ("qwen2vl_fast", "qwen2vl_fast_eager", "qwen2vl_fast_pergroup"):
+        engines[name]._state = None  # cached buffers and graphs
+    if cuda:
+        torch.cuda.empty_cache()
+    rows = args.noise_rows
+    if ("qwen2vl", rows) in kept_ids and time.perf_counter() - t0 <= args.budget_s:
+        # Is a difference between the engines at this batch size the engines', or bf16 rounding of other batch
+        # shapes? The old engine against itself with the new engine's prefill grouping (calls of --prefill-rows
+        # rows, longest-prompt order as the new engine sorts them), and the new engine with one prefill chunk.
+        force = {"min_new_tokens": args.new_tokens, "max_new_tokens": args.new_tokens}
+        items = make_items(rows, args.frames, *args.size)
+        fast = engines["qwen2vl_fast"]
+        order = sorted(range(rows), key=lambda i: fast._prompt_cost(items[i]))
+        old_split = torch.empty_like(kept_ids[("qwen2vl", rows)])
+        for a in range(0, rows, args.prefill_rows):
+            part = order[a:a + args.prefill_rows]
+            ids, _ = engines["qwen2vl"].generate_ids([items[i] for i in part], **force)
+            old_split[torch.tensor(part)] = ids
+        fast.configure(prefill_rows=rows)
+        one_chunk, _ = fast.generate_ids(items, **force)
+        fast.configure(prefill_rows=args.prefill_rows)
+        fast._state = None
+        ref = kept_ids[("qwen2vl", rows)]
+        res["batching_noise"] = {"rows": rows, "old_in_calls_of_prefill_rows_vs_old": identity(ref, old_split),
+                                 "new_one_prefill_chunk_vs_old": identity(ref, one_chunk),
+                                 "new_vs_old_in_calls_of_prefill_rows": identity(old_split,
+                                                                                 kept_ids[("qwen2vl_fast", rows)])
+                                 if ("qwen2vl_fast", rows) in kept_ids else None}
+        print("batching noise", res["batching_noise"], flush=True)
+        save()
     if cuda:
         torch.cuda.empty_cache()
         for name in ("qwen2vl", "qwen2vl_fast"):
@@ -316,6 +401,13 @@ def main() -> None:
                 res.setdefault("profile", {})[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
             print("profile", name, res["profile"][name], flush=True)
             save()
+        try:
+            items = make_items(args.prefill_rows, args.frames, *args.size)
+            res["prefill_profile"] = prefill_profile(engines["qwen2vl_fast"], items)
+        except Exception as exc:  # noqa: BLE001
+            res["prefill_profile"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        print("prefill profile", res["prefill_profile"], flush=True)
+        save()
     best = {name: max((r["output_tokens_per_s"], b) for b, r in runs.items() if "output_tokens_per_s" in r)
             for name, runs in res["runs"].items() if any("output_tokens_per_s" in r for r in runs.values())}
     res["best"] = {name: {"output_tokens_per_s": v, "rows": b} for name, (v, b) in best.items()}

@@ -15,6 +15,10 @@ of milliseconds while the GPU needs a few. This engine:
   place, calling transformers' own decoder layers, norm and head, so the arithmetic is the reference's;
 - on CUDA, captures that step once as a CUDA graph and replays it (`cuda_graphs`), so a step is one launch; the
   buffers and the graph are kept for the next call of the same shape (rows, cache length rounded up to 256);
+- runs the vision encoder's attention (`segment_attention`) as one SDPA call over all frame groups of a chunk:
+  transformers' Qwen2-VL makes one SDPA call per group of frames and reads the group lengths back to the host in
+  every one of its 32 layers; the groups of a clip have equal lengths, so they stack as a batch (groups of unequal
+  length fall back to one call each);
 - applies the same logits processors as `generate` (built by transformers from the same generation config:
   `min_new_tokens`, repetition penalty, ...) outside the graph, takes the arg-max, pads finished rows with the pad
   token, and checks for the end of every row only every `sync_every` steps (one host sync), trimming the extra steps.
@@ -31,14 +35,52 @@ compilation per actor and shape.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from captioner.prompts import build_prompt
 from captioner.qwen2vl import Qwen2VLCaptioner, fit_size
+
+
+# transformers sends packed vision attention (with the group boundaries, `cu_seq_lens_q`) only to an attention
+# function whose registered name contains "flash" (`is_flash_attention_requested`); any other name gets one call per
+# group. The name says what it is: SDPA, called the way flash attention's variable-length interface is.
+SEGMENT_ATTENTION = "sdpa_segments_flash_interface"
+
+
+def grouped_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any = None,
+                      scaling: float | None = None, dropout: float = 0.0, cu_seq_lens_q: Any = None,
+                      max_length_q: int | None = None, **kwargs: Any) -> tuple[Any, None]:
+    """Bidirectional attention inside each group of `cu_seq_lens_q` for (1, heads, N, dim) inputs; (1, N, heads, dim)
+    out. Groups of equal length (every group of a batch of same-size clips) run as one batched SDPA call."""
+    import torch
+    import torch.nn.functional as F
+
+    heads, total, dim = query.shape[1:]
+    groups = int(cu_seq_lens_q.numel()) - 1
+    if max_length_q is not None and groups * int(max_length_q) == total:  # max × count = sum: all lengths equal
+        length = total // groups
+
+        def stack(t: Any) -> Any:
+            return t[0].reshape(heads, groups, length, dim).transpose(0, 1)
+
+        out = F.scaled_dot_product_attention(stack(query), stack(key), stack(value), scale=scaling)
+        return out.permute(0, 2, 1, 3).reshape(1, total, heads, dim), None
+    bounds = cu_seq_lens_q.tolist()
+    outs = [F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], scale=scaling)
+            for a, b in zip(bounds[:-1], bounds[1:])]
+    return torch.cat(outs, 2).transpose(1, 2), None
+
+
+def _register_segment_attention() -> None:
+    """Make `SEGMENT_ATTENTION` known to transformers (idempotent)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(SEGMENT_ATTENTION, lambda *a, **kw: grouped_sdpa(*a, **kw))  # late-bound
 
 
 class _Decoder:
@@ -123,11 +165,12 @@ class FastQwen2VLCaptioner(Qwen2VLCaptioner):
     sync_every = 16  # decode steps between checks whether every row has finished (each check waits for the GPU)
     cuda_graphs = True  # capture the decode step as a CUDA graph (CUDA only)
     length_multiple = 256  # cache length rounding on CUDA, so calls of similar prompt length reuse one graph
+    segment_attention = True  # the vision encoder's attention as one batched call over frame groups (see above)
 
     def configure(self, **options: Any) -> FastQwen2VLCaptioner:
-        """Set `prefill_rows`, `sync_every`, `cuda_graphs` or `length_multiple`; returns self."""
+        """Set `prefill_rows`, `sync_every`, `cuda_graphs`, `length_multiple` or `segment_attention`; returns self."""
         for key, value in options.items():
-            if key not in ("prefill_rows", "sync_every", "cuda_graphs", "length_multiple"):
+            if key not in ("prefill_rows", "sync_every", "cuda_graphs", "length_multiple", "segment_attention"):
                 raise TypeError(f"FastQwen2VLCaptioner.configure: unknown option {key!r}")
             setattr(self, key, value)
         if self.prefill_rows < 1 or self.sync_every < 1 or self.length_multiple < 1:
@@ -181,8 +224,8 @@ class FastQwen2VLCaptioner(Qwen2VLCaptioner):
                     with_ocr[i] = flag
                 t = time.perf_counter()
                 inputs = inputs.to(device)
-                with warnings.catch_warnings():  # min_new_tokens > 1 new token: it only has to act on this one
-                    warnings.simplefilter("ignore", UserWarning)
+                with warnings.catch_warnings(), self._vision_attention():
+                    warnings.simplefilter("ignore", UserWarning)  # min_new_tokens > 1 new token: it acts on this one
                     out = net.generate(**inputs, **{**opts, "max_new_tokens": 1, "return_dict_in_generate": True})
                 keep = {k2: v for k2, v in inputs.items()
                         if k2 in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw",
@@ -202,6 +245,25 @@ class FastQwen2VLCaptioner(Qwen2VLCaptioner):
         stats["total_s"] = time.perf_counter() - t0
         self.last_stats = stats
         return result, with_ocr
+
+    @contextlib.contextmanager
+    def _vision_attention(self) -> Iterator[None]:
+        """While prefilling: the vision encoder's attention is `segment_attention` (when on), put back after, so a
+        reference engine sharing the loaded model is unaffected."""
+        visual = getattr(getattr(self.model, "model", None), "visual", None)
+        if not self.segment_attention or visual is None:
+            yield
+            return
+        _register_segment_attention()
+        before = visual.config._attn_implementation
+        if before != "sdpa":  # eager (its own arithmetic) or real flash attention (already one call): leave it
+            yield
+            return
+        visual.config._attn_implementation = SEGMENT_ATTENTION
+        try:
+            yield
+        finally:
+            visual.config._attn_implementation = before
 
     def _decode(self, parts: list[tuple[Any, Any, Any, Any, Any]], opts: dict[str, Any], max_new: int,
                 stats: dict[str, float]) -> Any:

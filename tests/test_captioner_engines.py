@@ -136,3 +136,54 @@ def test_graph_warm_up_is_undone(engines_pair, monkeypatch):
     want, _ = ref.generate_ids(items)
     got, _ = fast.generate_ids(items)
     assert primed == [True] and torch.equal(want, got)
+
+
+@pytest.mark.parametrize("lengths", [[5, 5, 5], [3, 7, 2]])
+def test_grouped_vision_attention_is_attention_within_each_group(lengths):
+    """The fast engine's vision attention: per group of cu_seqlens, bidirectional, (1, N, heads, dim) out; equal
+    groups go through the batched path, unequal ones through the loop; both equal attention computed group by group."""
+    import torch
+    import torch.nn.functional as F
+
+    from captioner.fast import grouped_sdpa
+
+    g = torch.Generator().manual_seed(0)
+    n = sum(lengths)
+    q, k, v = (torch.randn(1, 4, n, 8, generator=g) for _ in range(3))
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    out, _ = grouped_sdpa(None, q, k, v, scaling=0.3, cu_seq_lens_q=cu, max_length_q=max(lengths))
+    want = torch.cat([F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], scale=0.3)
+                      for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())], 2).transpose(1, 2)
+    assert out.shape == (1, n, 4, 8)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+    # Not the same as attention over all tokens at once (the groups really are kept apart).
+    whole = F.scaled_dot_product_attention(q, k, v, scale=0.3).transpose(1, 2)
+    assert not torch.allclose(out, whole, atol=1e-3)
+
+
+def test_fast_engine_prefill_uses_grouped_vision_attention_and_puts_it_back(engines_pair, monkeypatch):
+    import torch
+
+    from captioner import fast as fast_mod
+
+    ref, fast = engines_pair
+    calls = []
+    real = fast_mod.grouped_sdpa
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("max_length_q"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fast_mod, "grouped_sdpa", spy)
+    items = _items()[:2]
+    got, _ = fast.generate_ids(items)
+    assert calls and all(c is not None for c in calls)  # the vision layers went through it, with group lengths
+    assert ref.model.model.visual.config._attn_implementation == "sdpa"  # put back: the reference is unaffected
+    want, _ = ref.generate_ids(items)
+    assert torch.equal(want, got)
+    calls.clear()
+    fast.configure(segment_attention=False)
+    try:
+        assert torch.equal(fast.generate_ids(items)[0], want) and not calls
+    finally:
+        fast.configure(segment_attention=True)
