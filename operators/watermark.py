@@ -16,7 +16,14 @@ Classical computer vision on the K uniform `frames`, no model:
    width. Chance coincidences (an edge moving along itself, e.g. a horizontal line in a horizontal pan) are thin and
    sparse, a logo is a compact block of persistent edges: a component's evidence is
    `(persistent pixels / zone area) × fill`, where fill = persistent pixels / bounding-box area.
-5. `watermark_score` = `1 / (1 + (evidence_mid / e)^3)` for the strongest component e over all zones, in [0, 1];
+5. Slow content is not an overlay: content that moves less than an edge's width between the sampled frames (a slow
+   pan or drift: ~3 px between frames) keeps soft edges in place, and used to score ~1.0 in a corner. Its frames
+   differ by what a translation of its own edges predicts; an overlay's do not. Per component, a Lucas-Kanade fit
+   of one translation per pair of frames; when they add up to >= 1 px, the pixels whose change it explains are
+   content and leave the component (`drifting_pixels`). Measured (`bench/watermark.py`, 8 photos x 6 pan speeds):
+   clean pans above 0.5 3/48 -> 0/48; logos found in their own corner never fewer, in 4 cases more (the false
+   positive elsewhere in the frame no longer wins).
+6. `watermark_score` = `1 / (1 + (evidence_mid / e)^3)` for the strongest component e over all zones, in [0, 1];
    0.5 at `evidence_mid` (0.0032). Calibration (bench/BENCHMARKS.md, "CPU operators"): the corner logos of `curation.testing.samples`
    (seeds 0 and 1, 14 % of the width, alpha 0.4-0.6) give e >= 0.0065, clean sample clips and plain pans <= 0.0016;
    the default sits near their geometric mean. Synthetic logos of 7, 9 and 14 % of the width over pans of every
@@ -28,9 +35,10 @@ clips with fewer than 3 frames: null (no temporal evidence), unless a learned he
 Short clips: null. Over a clip shorter than `min_clip_frames` source frames (default 24, 1 s at 24 fps) the K frames
 are nearly consecutive and the content moves a few pixels between them, less than the width of a soft edge: such an
 edge keeps its place and orientation and looks exactly like an overlay. Measured on pans of the sample photos (3 px
-per frame): 8-frame clips of `astronaut` scored 1.0 without any logo, the same pan over 72 frames 0.0. The operator
-abstains there rather than guess (a null score fires no rule); such clips are also below the shipped configs'
-`duration_s` minimum of 1 s.
+per frame): 8-frame clips of `astronaut` scored 1.0 without any logo, the same pan over 72 frames 0.0 (the drift
+check of step 5 now reads that clip correctly too, 0.001, but a clip of a few frames holds too little motion for any
+reading to be trusted). The operator abstains there rather than guess (a null score fires no rule); such clips are
+also below the shipped configs' `duration_s` minimum of 1 s.
 
 Learned scores, combined with the persistent-overlay score by **max** (a watermark any cue sees is a watermark; each
 cue misses cases the other catches: the heuristic is blind on still shots and images, a per-frame classifier on small
@@ -56,6 +64,8 @@ from curation.operator import Operator, OperatorConfigError, Resources
 
 TEMPORAL_WINDOW = 15  # px: neighbourhood over which "the content changes here" is measured
 LINE_KERNEL = (3, 15)  # (rows, cols) dilation joining the glyphs and words of one text line
+DRIFT_MIN_PX = 1.0  # a component whose frame-to-frame change is a translation adding up to this much has moved
+DRIFT_RESIDUAL_MAX = 0.5  # ... and its pixels whose change that translation explains are content (`drifting_pixels`)
 
 
 def gradient_persistence(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -83,6 +93,47 @@ def gradient_persistence(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
 ZONES = ("tl", "tr", "bl", "br", "top")  # the keys of `overlay_zones`, the values of `watermark_zone`
 
 
+def drifting_pixels(gray: np.ndarray, box: tuple[int, int, int, int], sel: np.ndarray,
+                    min_px: float = DRIFT_MIN_PX, residual_max: float = DRIFT_RESIDUAL_MAX) -> np.ndarray:
+    """The pixels of a persistent-edge component that are content moving slowly, not an overlay (a mask like `sel`).
+
+    A soft content edge that moves less than its own width between the sampled frames keeps its place and
+    orientation, so it passes the persistence test; but its frames differ by what a translation of its gradients
+    predicts (brightness constancy, `I_t + g . v = 0`), and an overlay's do not: an opaque overlay does not change,
+    and under a translucent one the content changes in ways unrelated to the overlay's own edges. Per pair of
+    consecutive frames, the translation v that best explains the change over the component is solved by least
+    squares (Lucas-Kanade over the component's pixels). When these translations add up to at least `min_px`, the
+    component's content moved: its pixels whose change that translation explains (all but `residual_max` of it)
+    are content; the rest (an overlay's edges, when a dilated component joins one to drifting content) stays.
+
+    `gray`: (K, H, W) frames; `box`: (x, y, w, h) of the component; `sel`: its pixels inside the box."""
+    x, y, bw, bh = box
+    h, w = gray.shape[1:]
+    x0, y0, x1, y1 = max(0, x - 2), max(0, y - 2), min(w, x + bw + 2), min(h, y + bh + 2)  # room for the 3x3 Sobel
+    mask = np.zeros((y1 - y0, x1 - x0), bool)
+    mask[y - y0:y - y0 + bh, x - x0:x - x0 + bw] = sel
+    crop = gray[:, y0:y1, x0:x1].astype(np.float32)
+    total = np.zeros(2)
+    residual = np.zeros(int(mask.sum()))
+    change = np.zeros_like(residual)
+    for a, b in zip(crop[:-1], crop[1:]):
+        mid = (a + b) * 0.5
+        gx = cv2.Sobel(mid, cv2.CV_32F, 1, 0, ksize=3)[mask].astype(np.float64) / 8.0  # grey levels per px
+        gy = cv2.Sobel(mid, cv2.CV_32F, 0, 1, ksize=3)[mask].astype(np.float64) / 8.0
+        it = (b - a)[mask].astype(np.float64)
+        m = np.array([[gx @ gx, gx @ gy], [gx @ gy, gy @ gy]])
+        if np.linalg.cond(m) > 1e4:
+            return np.zeros_like(sel)  # edges of one orientation only: no translation can be told apart
+        v = np.linalg.solve(m, -np.array([gx @ it, gy @ it]))
+        residual += (it + gx * v[0] + gy * v[1]) ** 2
+        change += it ** 2
+        total += v
+    out = np.zeros_like(sel)
+    if float(np.hypot(*total)) >= min_px:
+        out[sel] = (change > 0) & (residual < residual_max * change)
+    return out
+
+
 def overlay_zones(h: int, w: int, zone: float) -> dict[str, tuple[int, int, int, int]]:
     """Where overlays live: the four corners and a top-centre band, as (y0, x0, y1, x1)."""
     zh, zw = max(1, int(h * zone)), max(1, int(w * zone))
@@ -93,8 +144,10 @@ def overlay_zones(h: int, w: int, zone: float) -> dict[str, tuple[int, int, int,
 
 
 def overlay_evidence(frames: np.ndarray, zone: float = 0.3, edge_min: float = 80.0, coherence_min: float = 0.93,
-                     content_change_min: float = 3.0, balance_min: float = 0.3) -> dict[str, float]:
-    """Per zone, the evidence of the strongest persistent-edge component lying inside it (0 when none)."""
+                     content_change_min: float = 3.0, balance_min: float = 0.3,
+                     drift_check: bool = True) -> dict[str, float]:
+    """Per zone, the evidence of the strongest persistent-edge component lying inside it (0 when none);
+    `drift_check=False` keeps components that `drifts` (for measuring what the check does)."""
     frames = np.asarray(frames)
     gray = np.stack([cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]) \
         if frames.ndim == 4 else frames
@@ -121,6 +174,11 @@ def overlay_evidence(frames: np.ndarray, zone: float = 0.3, edge_min: float = 80
             ex, ey = float(ax[y:y + bh, x:x + bw][sel].sum()), float(ay[y:y + bh, x:x + bw][sel].sum())
             if min(ex, ey) < balance_min * max(ex, ey):
                 continue
+            if drift_check:  # content moving less than an edge's width between frames is not an overlay
+                sel &= ~drifting_pixels(gray, (x, y, bw, bh), sel)
+                count = int(sel.sum())
+                if count == 0:
+                    continue
             fill = count / float(bw * bh)
             area = float((y1 - y0) * (x1 - x0))
             out[name] = max(out[name], count / area * fill)
