@@ -80,7 +80,7 @@ def test_config_checks():
         parse_config({"captioning": {"num_frames": 3}})
     with pytest.raises(ConfigError, match="captioning.model"):
         parse_config({"captioning": {"enabled": True, "model": "/no/such/folder"}})
-    with pytest.raises(ConfigError, match="captioning: unknown key"):
+    with pytest.raises(ConfigError, match="unknown config key captioning.prompt"):
         parse_config({"captioning": {"prompt": "x"}})
     assert parse_config({"captioning": {"enabled": True}}).captioning.model == "qwen2-vl-7b"
 

@@ -22,7 +22,7 @@ def test_shipped_configs_load():
     "data, needle",
     [
         ({"splitt": {}}, "splitt"),
-        ({"split": {"max_clip": 3}}, "split: unknown key(s) ['max_clip']"),
+        ({"split": {"max_clip": 3}}, "unknown config key split.max_clip"),
         ({"split": {"max_clip_s": "ten"}}, "split.max_clip_s"),
         ({"split": {"detector": "magic"}}, "split.detector"),
         ({"frames": {"num_frames": 0}}, "frames"),

@@ -81,7 +81,7 @@ def test_max_rows_trims_big_clusters_first_and_is_deterministic():
 @pytest.mark.parametrize("stages, msg", [
     ([{"name": "../escape"}], "folder name"),
     ([{"name": "a"}, {"name": "a"}], "named twice"),
-    ([{"name": "a", "colour": 1}], "unknown key"),
+    ([{"name": "a", "colour": 1}], "unknown config key stages.a.colour"),
     ([{"name": "a", "where": {"no_such_column": {"min": 1}}}], "no column 'no_such_column'"),
     ([{"name": "a", "media_types": ["audio"]}], "media_types"),
     ([{"name": "a", "weights": {"motion_tier": {"optimal": "lots"}}}], "expected a number"),

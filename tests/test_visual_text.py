@@ -100,7 +100,7 @@ def test_ocr_gate_keeps_a_clean_render_and_drops_an_unreadable_one(tmp_path, gat
 def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="zh_share"):
         parse_config({"visual_text": {"zh_share": 1.5}})
-    with pytest.raises(ConfigError, match="unknown key"):
+    with pytest.raises(ConfigError, match="unknown config key visual_text.colour"):
         parse_config({"visual_text": {"colour": "red"}})
     with pytest.raises(ConfigError, match="kinds"):
         parse_config({"kinds": {"poem": 1}})

@@ -29,7 +29,9 @@ import numpy as np
 
 from captioner.visual_text import render as R
 from captioner.visual_text.text import KINDS, make_text
-from curation.config import ConfigError
+from curation import typed
+from curation.errors import ConfigError
+from curation.typed import setting
 
 log = logging.getLogger(__name__)
 
@@ -43,102 +45,85 @@ EXTRA_COLUMNS = {
 }
 
 
+def _weights(keys: tuple[str, ...]):
+    """A check: a mapping of some of `keys` to weights >= 0 that do not all vanish."""
+    def check(value: dict) -> str | None:
+        unknown = [k for k in value if k not in keys]
+        if not value or unknown:
+            return f"expected a mapping of {'/'.join(keys)} to weights" + (f", got {unknown[0]!r}" if unknown else "")
+        if any(v < 0 for v in value.values()):
+            return "weights must be >= 0"
+        return "the weights add up to 0" if sum(value.values()) <= 0 else None
+    return check
+
+
+def _non_empty(value: tuple) -> str | None:
+    return None if value else "expected a non-empty list of numbers >= 0"
+
+
+def _fonts(value: tuple | None) -> str | None:
+    try:
+        R.available_fonts(list(value))
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _folder(value: str) -> str | None:
+    return None if value and "/" not in value and not value.startswith(".") else "expected a plain folder name"
+
+
+def _spacing(value: tuple) -> str | None:
+    return None if len(value) == 2 and value[0] <= value[1] else "expected [low, high]"
+
+
+def _canvases(value: tuple) -> str | None:
+    ok = value and all(w >= 64 and h >= 64 for w, h in value)
+    return None if ok else "expected a list of [width, height] pairs (>= 64 px)"
+
+
 @dataclass(frozen=True)
 class VisualTextConfig:
-    """What to render and how to check it (YAML `visual_text:` section; every key optional)."""
+    """What to render and how to check it (YAML `visual_text:` section; every key optional; read by
+    `curation.typed`)."""
 
-    zh_share: float = 0.5  # share of samples in Chinese; the rest English
-    kinds: dict = field(default_factory=lambda: {"word": 0.3, "phrase": 0.4, "passage": 0.3})
-    backgrounds: dict = field(default_factory=lambda: {"white": 0.6, "photo": 0.25, "texture": 0.15})
-    blocks: tuple = (0.7, 0.2, 0.1)  # weights of 1, 2, 3 ... text blocks per image
-    fonts: tuple | None = None  # font keys of render.FONTS; None: every one installed
-    sizes: tuple = (24, 32, 40, 56, 72, 96)  # font sizes drawn from (px); shrunk to fit, never below min_size
-    min_size: int = 18
-    canvases: tuple = ((512, 512), (640, 480), (480, 640), (768, 432))
+    zh_share: float = setting(0.5, ge=0, le=1)  # share of samples in Chinese; the rest English
+    kinds: dict[str, float] = setting(default_factory=lambda: {"word": 0.3, "phrase": 0.4, "passage": 0.3},
+                                      check=_weights(KINDS))
+    backgrounds: dict[str, float] = setting(default_factory=lambda: {"white": 0.6, "photo": 0.25, "texture": 0.15},
+                                            check=_weights(("white", "photo", "texture")))
+    blocks: tuple[int | float, ...] = setting((0.7, 0.2, 0.1), ge=0, check=_non_empty)  # weights of 1, 2, 3 ... blocks
+    fonts: tuple[str, ...] | None = setting(None, check=_fonts)  # font keys of render.FONTS; None: every one installed
+    # font sizes drawn from (px); shrunk to fit, never below min_size
+    sizes: tuple[int | float, ...] = setting((24, 32, 40, 56, 72, 96), ge=0, check=_non_empty)
+    min_size: int = setting(18, ge=1)
+    canvases: tuple[tuple[int, int], ...] = setting(((512, 512), (640, 480), (480, 640), (768, 432)),
+                                                    check=_canvases)
     max_angle: float = 4.0  # degrees, for the rotated share
-    p_rotate: float = 0.3
-    p_perspective: float = 0.15
+    p_rotate: float = setting(0.3, ge=0, le=1)
+    p_perspective: float = setting(0.15, ge=0, le=1)
     max_perspective: float = 0.06  # corner shift as a share of the block height
-    spacing: tuple = (1.15, 1.6)  # line spacing range, in font sizes
-    vocab_size: int = 20000
-    p_number: float = 0.3
-    p_punct: float = 0.4
-    max_lines: int = 3
+    spacing: tuple[float, ...] = setting((1.15, 1.6), ge=0, check=_spacing)  # line spacing range, in font sizes
+    vocab_size: int = setting(20000, ge=1)
+    p_number: float = setting(0.3, ge=0, le=1)
+    p_punct: float = setting(0.4, ge=0, le=1)
+    max_lines: int = setting(3, ge=1)
     min_contrast: float = 4.5
-    min_char_accuracy: float = 0.9  # the OCR gate; 0 keeps everything (OCR still runs and is reported)
+    min_char_accuracy: float = setting(0.9, ge=0, le=1)  # the OCR gate; 0 keeps everything (OCR still runs)
     ocr: bool = True
-    batch_size: int = 16
+    batch_size: int = setting(16, ge=1)
     concurrency: int | None = None  # render actors; None: one per CPU of the cluster
-    stage_name: str = "s9_visual_text"
-    stage_share: float = 0.05  # share of draws the stage gets when mixed with `mix_with`
+    stage_name: str = setting("s9_visual_text", check=_folder)
+    stage_share: float = setting(0.05, ge=0, lt=1)  # share of draws the stage gets when mixed with `mix_with`
     mix_with: str | None = None  # a stages/ folder (or one stage folder) the share is relative to
-    part_rows: int = 50000
-
-
-def _weights(name: str, value: Any, keys: tuple[str, ...]) -> dict:
-    if not isinstance(value, dict) or not value:
-        raise ConfigError(f"visual_text.{name}: expected a mapping of {'/'.join(keys)} to weights")
-    for k, v in value.items():
-        if k not in keys:
-            raise ConfigError(f"visual_text.{name}: unknown key {k!r} (known: {', '.join(keys)})")
-        if not isinstance(v, (int, float)) or v < 0:
-            raise ConfigError(f"visual_text.{name}.{k}: expected a weight >= 0, got {v!r}")
-    if sum(value.values()) <= 0:
-        raise ConfigError(f"visual_text.{name}: the weights add up to 0")
-    return dict(value)
+    part_rows: int = setting(50000, ge=1)
 
 
 def parse_config(data: Any) -> VisualTextConfig:
     """A VisualTextConfig from a YAML mapping (a `visual_text:` section, or the keys themselves)."""
-    if data is None:
-        return VisualTextConfig()
-    if not isinstance(data, dict):
-        raise ConfigError("visual_text: expected a mapping")
-    data = data.get("visual_text", data)
-    if data is None:
-        return VisualTextConfig()
-    known = {f.name for f in fields(VisualTextConfig)}
-    for k in data:
-        if k not in known:
-            raise ConfigError(f"visual_text.{k}: unknown key (known: {', '.join(sorted(known))})")
-    kw = dict(data)
-    for k in ("zh_share", "p_rotate", "p_perspective", "p_number", "p_punct", "min_char_accuracy", "stage_share"):
-        if k in kw and not (isinstance(kw[k], (int, float)) and 0 <= kw[k] <= 1):
-            raise ConfigError(f"visual_text.{k}: expected a number in [0, 1], got {kw[k]!r}")
-    if "stage_share" in kw and kw["stage_share"] >= 1:
-        raise ConfigError("visual_text.stage_share: must be below 1")
-    if "kinds" in kw:
-        kw["kinds"] = _weights("kinds", kw["kinds"], KINDS)
-    if "backgrounds" in kw:
-        kw["backgrounds"] = _weights("backgrounds", kw["backgrounds"], ("white", "photo", "texture"))
-    for k in ("blocks", "sizes", "spacing"):
-        if k in kw:
-            if not isinstance(kw[k], (list, tuple)) or not kw[k] or \
-                    not all(isinstance(v, (int, float)) and v >= 0 for v in kw[k]):
-                raise ConfigError(f"visual_text.{k}: expected a non-empty list of numbers >= 0")
-            kw[k] = tuple(kw[k])
-    if "spacing" in kw and (len(kw["spacing"]) != 2 or kw["spacing"][0] > kw["spacing"][1]):
-        raise ConfigError("visual_text.spacing: expected [low, high]")
-    if "canvases" in kw:
-        c = kw["canvases"]
-        if not isinstance(c, (list, tuple)) or not c or not all(
-                isinstance(s, (list, tuple)) and len(s) == 2 and all(isinstance(v, int) and v >= 64 for v in s)
-                for s in c):
-            raise ConfigError("visual_text.canvases: expected a list of [width, height] pairs (>= 64 px)")
-        kw["canvases"] = tuple(tuple(s) for s in c)
-    if "fonts" in kw and kw["fonts"] is not None:
-        try:
-            R.available_fonts(list(kw["fonts"]))
-        except ValueError as exc:
-            raise ConfigError(f"visual_text.fonts: {exc}") from None
-        kw["fonts"] = tuple(kw["fonts"])
-    if "stage_name" in kw and (not isinstance(kw["stage_name"], str) or not kw["stage_name"]
-                               or "/" in kw["stage_name"] or kw["stage_name"].startswith(".")):
-        raise ConfigError("visual_text.stage_name: expected a plain folder name")
-    for k in ("min_size", "batch_size", "vocab_size", "max_lines", "part_rows"):
-        if k in kw and (not isinstance(kw[k], int) or kw[k] < 1):
-            raise ConfigError(f"visual_text.{k}: expected a positive integer, got {kw[k]!r}")
-    cfg = VisualTextConfig(**kw)
+    if isinstance(data, dict):
+        data = data.get("visual_text", data)
+    cfg = typed.read(VisualTextConfig, data, "visual_text")
     fonts = R.available_fonts(list(cfg.fonts) if cfg.fonts else None)
     for lang, share in (("zh", cfg.zh_share), ("en", 1 - cfg.zh_share)):
         if share > 0 and not any(f.lang == lang for f in fonts):
@@ -150,10 +135,7 @@ def load_config(path: str | os.PathLike | None) -> VisualTextConfig:
     """The config of a YAML file (None: the defaults)."""
     if path is None:
         return VisualTextConfig()
-    import yaml
-
-    with open(path, encoding="utf-8") as fh:
-        return parse_config(yaml.safe_load(fh))
+    return parse_config(typed.load_yaml_file(path))
 
 
 # ---------------------------------------------------------------------------------------------------------------
