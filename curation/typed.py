@@ -179,14 +179,22 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
+def _parse_yaml(text: str) -> Any:
+    """The one call that parses YAML in the project (safe: plain data only, never objects)."""
+    import yaml
+
+    return yaml.safe_load(text)
+
+
 def load_yaml_file(path: str | Any) -> Any:
-    """The parsed content of a YAML file: the one place the project reads config YAML (a syntax error is a
+    """The parsed content of a YAML file: the one place the project reads config files (a syntax error is a
     ConfigError naming the file)."""
     import yaml
 
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
     try:
-        with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+        return _parse_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
 
@@ -196,6 +204,6 @@ def yaml_scalar(text: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(text) if text.strip() else None
+        return _parse_yaml(text) if text.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot read value {text!r}: {exc}") from exc

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("curation", "operators", "captioner", "trainer", "pipelines")
 
 # Layers, lowest first; a module may import its own layer and the layers below, never one above.
-CORE = ("curation.errors", "curation.schema", "curation.outfs", "curation.operator", "curation.config",
+CORE = ("curation.errors", "curation.typed", "curation.schema", "curation.outfs", "curation.operator", "curation.config",
         "curation.catalog", "curation.decide", "curation.models")
 INGEST = ("curation.ingest",)
 PASSES = ("curation.rayinit", "curation.graph", "curation.manifest", "curation.progress", "curation.logfilter",

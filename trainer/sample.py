@@ -180,14 +180,14 @@ def rewrite_if_asked(args: argparse.Namespace, device: torch.device) -> list[str
 
 
 def _vae_overrides(items: list[str]) -> dict:
-    import yaml
+    from curation.typed import yaml_scalar
 
     out = {}
     for item in items:
         if "=" not in item:
             raise SystemExit(f"--vae-override {item!r}: expected KEY=VALUE")
         k, v = item.split("=", 1)
-        out[k] = yaml.safe_load(v)
+        out[k] = yaml_scalar(v)
     return out
 
 
