@@ -3,12 +3,16 @@ and isolates per-row failures."""
 
 from __future__ import annotations
 
+import dataclasses
 import traceback
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+
+from curation import typed
+from curation.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,13 @@ class Resources:
         return args
 
 
-class OperatorConfigError(ValueError):
-    """A bad operator parameter in the pipeline config."""
+class OperatorConfigError(ConfigError):
+    """A bad operator parameter in the pipeline config (a check across parameters, in `Operator.validate`)."""
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """The parameters of an operator that takes none."""
 
 
 class Operator:
@@ -54,7 +63,9 @@ class Operator:
     stateful: ClassVar[bool] = False
     default_resources: ClassVar[Resources] = Resources()
     default_batch_size: ClassVar[int] = 8
-    # Parameters accepted from config, with defaults. Unknown keys are a config error.
+    # Parameters accepted from config: a dataclass read by `curation.typed` (types, defaults, declared bounds).
+    Params: ClassVar[type] = NoParams
+    # name -> default of `Params`, derived (read-only).
     params: ClassVar[dict[str, Any]] = {}
     # Categorical columns among `produces`: column -> every value it can take. Rules and stage weights naming a
     # value outside these (`exclude: [statc]`) are refused at start-up instead of silently never matching.
@@ -64,38 +75,24 @@ class Operator:
     transient: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, resources: Resources | None = None, batch_size: int | None = None, **params: Any) -> None:
-        unknown = sorted(set(params) - set(self.params))
-        if unknown:
-            raise OperatorConfigError(
-                f"operator '{self.name}': unknown parameter(s) {unknown}; known: {sorted(self.params)}"
-            )
         self.resources = resources or self.default_resources
         self.batch_size = int(batch_size or self.default_batch_size)
-        self.config = {**self.params, **params}
+        # The one typed reader: an unknown, mistyped or out-of-bounds parameter is a ConfigError naming
+        # `operators.<name>.params.<key>`.
+        self.p = typed.read(self.Params, params, f"operators.{self.name}.params")
+        self.config = {f.name: getattr(self.p, f.name) for f in dataclasses.fields(self.p)}
         self.validate()
         self._ready = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # `params` (name -> default) is derived from the declared dataclass, for listings and docs.
+        cls.params = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+                      for f in dataclasses.fields(cls.Params)}
+
     def validate(self) -> None:
-        """Check `self.config`; raise OperatorConfigError naming the bad key."""
-
-    def check_int(self, key: str, lo: int) -> None:
-        """Config value `key` must be an integer >= lo."""
-        v = self.config[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise OperatorConfigError(f"operator '{self.name}': {key} must be an integer >= {lo}, got {v!r}")
-
-    def check_number(self, key: str, lo: float | None = None, hi: float | None = None, above: bool = False) -> None:
-        """Config value `key` must be a number within [lo, hi] (or strictly above `lo` when `above`)."""
-        v = self.config[key]
-        bad = isinstance(v, bool) or not isinstance(v, (int, float))
-        if not bad and lo is not None:
-            bad = v <= lo if above else v < lo
-        if not bad and hi is not None:
-            bad = v > hi
-        if bad:
-            want = ("a number" + (f" {'>' if above else '>='} {lo}" if lo is not None else "")
-                    + (f" and <= {hi}" if hi is not None else ""))
-            raise OperatorConfigError(f"operator '{self.name}': {key} must be {want}, got {v!r}")
+        """Checks across parameters that their declared types and bounds cannot express (`self.p`); raise
+        OperatorConfigError naming the key."""
 
     def __getstate__(self) -> dict:
         """Pickle without the `transient` attributes (loaded models): workers load their own in setup()."""

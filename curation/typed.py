@@ -34,6 +34,8 @@ def setting(default: Any = dataclasses.MISSING, *, default_factory: Any = datacl
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is typing.Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", str(tp))
 
 

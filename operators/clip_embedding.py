@@ -13,18 +13,41 @@ That column is a frame view in spirit: the graph drops it before anything is wri
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 
 from curation.operator import Operator, OperatorConfigError, Resources
+from curation.typed import setting
 from operators.models.clip import PRECISIONS, ClipBackbone, mean_embedding
+from operators.heads import HeadParams
 from operators.models.heads import HeadSet
 
 log = logging.getLogger(__name__)
 
 FRAME_EMBEDDINGS_COLUMN = "clip_frame_embeddings"
+
+
+@dataclass(frozen=True)
+class ClipParams(HeadParams):
+    """The CLIP embedding operator's parameters (its heads' as in `clip_heads`)."""
+
+    heads: list[str] = setting(default_factory=lambda: ["aesthetic"])
+    arch: str = "ViT-L-14"
+    weights: str | None = "clip-vit-l-14"  # registry key or a file path; null = random weights (tests/benchmarks)
+    allow_random_weights: bool = False
+    batch_images: int = setting(256, ge=1)
+    # "bf16": open_clip's mixed precision (bf16 weights, fp32 LayerNorm) — measured 1.4× the throughput of
+    # "autocast" (fp32 weights under torch.autocast) on an H100, see bench/BENCHMARKS.md; "pure_bf16"
+    # also casts LayerNorm; "fp32". CPU always runs fp32.
+    precision: str = setting("bf16", choices=PRECISIONS)
+    channels_last: bool = True
+    # torch.compile on CUDA: ≈30 s per actor and batch shape, once; +35% images/s measured
+    compile: bool | Literal["auto"] = "auto"
+    keep_frame_embeddings: bool = False
+    device: str = "auto"
 
 
 class ClipEmbedding(Operator):
@@ -43,24 +66,7 @@ class ClipEmbedding(Operator):
     # 256-image chunks whose copies hide behind the previous forward; no padding for the compiled shapes, and the
     # GPU's idle time between two calls (results back, next batch's first copy) spread over more images.
     default_batch_size: ClassVar[int] = 144
-    params: ClassVar[dict[str, Any]] = {
-        "arch": "ViT-L-14",
-        "weights": "clip-vit-l-14",  # registry key or a file path; null = random weights (tests/benchmarks only)
-        "allow_random_weights": False,
-        "heads": ["aesthetic"],
-        "head_paths": {},
-        "aesthetic_reduce": "mean",
-        "batch_images": 256,
-        # "bf16": open_clip's mixed precision (bf16 weights, fp32 LayerNorm) — measured 1.4× the throughput of
-        # "autocast" (fp32 weights under torch.autocast) on an H100, see bench/BENCHMARKS.md; "pure_bf16"
-        # also casts LayerNorm; "fp32". CPU always runs fp32.
-        "precision": "bf16",
-        "channels_last": True,
-        "compile": "auto",  # torch.compile on CUDA: ≈30 s per actor and batch shape, once; +35% images/s measured
-        "keep_frame_embeddings": False,
-        "model_dir": None,
-        "device": "auto",
-    }
+    Params: ClassVar[type] = ClipParams
 
     def validate(self) -> None:
         """Check params; derive this instance's output columns and model keys from its heads."""
@@ -69,12 +75,6 @@ class ClipEmbedding(Operator):
         if c["weights"] is None and not c["allow_random_weights"]:
             raise OperatorConfigError(f"operator '{self.name}': weights is null; random weights need "
                                       "allow_random_weights: true (tests and benchmarks only)")
-        if c["precision"] not in PRECISIONS:
-            raise OperatorConfigError(f"operator '{self.name}': precision must be one of {PRECISIONS}")
-        if c["compile"] not in (True, False, "auto"):
-            raise OperatorConfigError(f"operator '{self.name}': compile must be true, false or auto")
-        if int(c["batch_images"]) < 1:
-            raise OperatorConfigError(f"operator '{self.name}': batch_images must be ≥ 1")
         self.heads = HeadSet(c["heads"], c["head_paths"], c["aesthetic_reduce"], c["model_dir"])
         self.produces = {"embedding": pa.list_(pa.float32()), **self.heads.columns()}
         if c["keep_frame_embeddings"]:

@@ -4,12 +4,14 @@ class of the operators that run such a model (`FrameModelOperator`: OCR, NSFW)."
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 
 from curation.operator import Operator, Resources
+from curation.typed import setting
 
 
 def pick_frames(k: int, n: int) -> list[int]:
@@ -59,6 +61,16 @@ def same_as_earlier(frames: list[np.ndarray], max_diff: float) -> list[int | Non
     return alias
 
 
+@dataclass(frozen=True)
+class FrameParams:
+    """The frame budget of a per-frame model operator."""
+
+    num_frames: int = setting(3, ge=1)  # at most this many of the K uniform frames are read
+    seconds_per_frame: float = setting(4.0, ge=0)  # one frame per started 4 s of clip (at least 1); 0: num_frames
+    same_picture_diff: float = setting(6.0, ge=0)  # a chosen frame this close to an earlier one is not rerun
+    threads: int = setting(1, ge=1)  # ONNX Runtime intra-op threads per actor: match num_cpus
+
+
 class FrameModelOperator(Operator):
     """Base of the operators that run a model on a few of a row's uniform `frames` (OCR, NSFW): an actor pool whose
     engine is loaded once per actor (`load_engine`), the shared frame-budget parameters (`num_frames`,
@@ -70,24 +82,8 @@ class FrameModelOperator(Operator):
     default_resources: ClassVar[Resources] = Resources(num_cpus=1.0)
     default_batch_size: ClassVar[int] = 8
     transient: ClassVar[tuple[str, ...]] = ("_engine",)
-    # The frame budget every such operator takes; subclasses add their own parameters to `params`.
-    frame_params: ClassVar[dict[str, Any]] = {
-        "num_frames": 3,  # at most this many of the K uniform frames are read
-        "seconds_per_frame": 4.0,  # one frame per started 4 s of clip (at least 1); 0: always num_frames
-        "same_picture_diff": 6.0,  # a chosen frame this close to an earlier one (8x8-square grey MAD) is not rerun
-        "threads": 1,  # ONNX Runtime intra-op threads per actor: match num_cpus
-    }
-
-    def validate(self) -> None:
-        """Check the frame-budget parameters, then the subclass's own (`validate_model`)."""
-        self.check_int("num_frames", 1)
-        self.check_number("seconds_per_frame", 0)
-        self.check_int("threads", 1)
-        self.check_number("same_picture_diff", 0)
-        self.validate_model()
-
-    def validate_model(self) -> None:
-        """Check the subclass's own parameters; raise OperatorConfigError naming the key."""
+    # The frame budget every such operator takes; subclasses extend `FrameParams` with their own parameters.
+    Params: ClassVar[type] = FrameParams
 
     def load_engine(self) -> Any:
         """Load the model (once per actor, from the model registry)."""

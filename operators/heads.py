@@ -3,13 +3,25 @@ embeddings (`clip_frame_embeddings`) that `ClipEmbedding(keep_frame_embeddings: 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 
 from curation.operator import Operator, Resources
+from curation.typed import setting
 from operators.models.heads import EMBED_DIM, HeadSet
+
+
+@dataclass(frozen=True)
+class HeadParams:
+    """The learned heads to run and where their weights are (checked together by `HeadSet.validate`)."""
+
+    heads: list[str] = setting(default_factory=lambda: ["aesthetic", "synthetic"])
+    head_paths: dict[str, str] = setting(default_factory=dict)
+    aesthetic_reduce: str = "mean"
+    model_dir: str | None = None
 
 
 class ClipHeads(Operator):
@@ -21,12 +33,7 @@ class ClipHeads(Operator):
     stateful: ClassVar[bool] = True
     default_resources: ClassVar[Resources] = Resources(num_cpus=1)
     default_batch_size: ClassVar[int] = 64
-    params: ClassVar[dict[str, Any]] = {
-        "heads": ["aesthetic", "synthetic"],
-        "head_paths": {},
-        "aesthetic_reduce": "mean",
-        "model_dir": None,
-    }
+    Params: ClassVar[type] = HeadParams
 
     def validate(self) -> None:
         """Check params; the output columns and model keys follow the configured heads."""

@@ -36,6 +36,7 @@ Images (one motion frame) get no motion scores: null, never a made-up default.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -43,8 +44,9 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from curation.operator import Operator, OperatorConfigError, Resources
+from curation.operator import Operator, Resources
 from curation.schema import MOTION_TIERS
+from curation.typed import setting
 
 NOISE_FLOOR_PX = 0.25  # DIS error on clean texture is ~0.1-0.2 px: residuals below this are not object motion
 
@@ -220,6 +222,17 @@ def grade(stats: dict[str, float], p: dict[str, float] | None = None) -> str:
     return "medium"
 
 
+# The operator's parameters: the flow settings and every tier threshold of DEFAULT_TIER_PARAMS (each a number >= 0).
+MotionParams = dataclasses.make_dataclass(
+    "MotionParams",
+    [("grid_step", int, setting(8, ge=2)),
+     ("flow_preset", str, setting("medium", choices=("ultrafast", "fast", "medium")))]
+    + [(k, float, setting(v, ge=0)) for k, v in DEFAULT_TIER_PARAMS.items()],
+    frozen=True,
+)
+MotionParams.__doc__ = "The motion operator's parameters: flow settings and the tier thresholds."
+
+
 class MotionGrading(Operator):
     """Optical-flow motion scores, camera/object split, shake, flicker and the six-tier grade (CPU task)."""
 
@@ -240,15 +253,7 @@ class MotionGrading(Operator):
     default_resources: ClassVar[Resources] = Resources(num_cpus=1.0)
     default_batch_size: ClassVar[int] = 8
     transient: ClassVar[tuple[str, ...]] = ("_dis",)
-    params: ClassVar[dict[str, Any]] = {"grid_step": 8, "flow_preset": "medium", **DEFAULT_TIER_PARAMS}
-
-    def validate(self) -> None:
-        """Check the parameters."""
-        if self.config["flow_preset"] not in ("ultrafast", "fast", "medium"):
-            raise OperatorConfigError("operator 'motion': flow_preset must be ultrafast, fast or medium")
-        self.check_int("grid_step", 2)
-        for key in DEFAULT_TIER_PARAMS:
-            self.check_number(key, 0)
+    Params: ClassVar[type] = MotionParams
 
     def setup(self) -> None:
         """Create the flow engine once per worker (cheap, but it keeps its buffers between calls)."""

@@ -177,7 +177,6 @@ class NudeNetNsfw(FrameModelOperator):
     name: ClassVar[str] = "nsfw"
     produces: ClassVar[dict[str, pa.DataType]] = {"nsfw_score": pa.float64()}
     models: ClassVar[tuple[str, ...]] = ("nudenet",)
-    params: ClassVar[dict[str, Any]] = dict(FrameModelOperator.frame_params)
 
     def load_engine(self) -> NudeNetSession:
         """The ONNX detector, from the model registry (the file ships inside `nudenet`)."""

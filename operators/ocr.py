@@ -52,14 +52,15 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 import pyarrow as pa
 
-from curation.operator import OperatorConfigError
-from operators.framesel import FrameModelOperator, pick_frames, same_as_earlier
+from curation.typed import setting
+from operators.framesel import FrameModelOperator, FrameParams, pick_frames, same_as_earlier
 
 log = logging.getLogger(__name__)
 
@@ -294,28 +295,23 @@ def ocr_clip(engine: OcrEngine, frames: np.ndarray, num_frames: int = 3) -> dict
     return {"ocr_text": "\n".join(lines), "text_area_ratio": float(np.mean(ratios)) if ratios else 0.0}
 
 
+@dataclass(frozen=True)
+class OcrParams(FrameParams):
+    """The OCR operator's parameters: the frame budget and rapidocr's thresholds."""
+
+    det_limit_side_len: int = setting(0, ge=0)  # 0: detect at the frame's own size; N: upscale so the short side >= N
+    box_thresh: float = setting(0.5, ge=0, le=1)  # detector box score threshold (rapidocr default)
+    text_score: float = setting(0.5, ge=0, le=1)  # recogniser confidence a reading needs to count (rapidocr default)
+    fold_graphs: bool = True  # run the exact graph rewrites of operators.models.onnxfold (~20-23 % less CPU)
+
+
 class OcrText(FrameModelOperator):
     """PP-OCRv4 text reading and text area on a few uniform frames (CPU actor pool, models loaded once per actor)."""
 
     name: ClassVar[str] = "ocr"
     produces: ClassVar[dict[str, pa.DataType]] = {"ocr_text": pa.string(), "text_area_ratio": pa.float64()}
     models: ClassVar[tuple[str, ...]] = ("pp-ocrv4",)
-    params: ClassVar[dict[str, Any]] = {
-        **FrameModelOperator.frame_params,  # a chosen frame close to an earlier one reuses its reading
-        "det_limit_side_len": 0,  # 0: detect at the frame's own size; N: upscale so the short side is >= N
-        "box_thresh": 0.5,  # detector box score threshold (rapidocr default)
-        "text_score": 0.5,  # recogniser confidence a reading needs to count (rapidocr default)
-        "fold_graphs": True,  # run the exact graph rewrites of operators.models.onnxfold (~20-23 % less CPU)
-    }
-
-    def validate_model(self) -> None:
-        """Check the OCR parameters."""
-        if not isinstance(self.config["fold_graphs"], bool):
-            raise OperatorConfigError(f"operator 'ocr': fold_graphs must be true or false, got "
-                                      f"{self.config['fold_graphs']!r}")
-        self.check_int("det_limit_side_len", 0)
-        self.check_number("box_thresh", 0, 1)
-        self.check_number("text_score", 0, 1)
+    Params: ClassVar[type] = OcrParams
 
     def load_engine(self) -> OcrEngine:
         """The PP-OCRv4 ONNX models, from the model registry's resolved package folder."""

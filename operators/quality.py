@@ -27,13 +27,15 @@ the frame area outside the common content rectangle.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 import pyarrow as pa
 
-from curation.operator import Operator, OperatorConfigError, Resources
+from curation.operator import Operator, Resources
+from curation.typed import setting
 
 CLIP_LOW = 5  # grey level at or below which a pixel counts as crushed shadow
 CLIP_HIGH = 250  # grey level at or above which a pixel counts as blown highlight
@@ -142,6 +144,14 @@ def quality_scores(frames: np.ndarray, ref_short_side: int = 160, border_level: 
     return out
 
 
+@dataclass(frozen=True)
+class QualityParams:
+    """The quality operator's parameters."""
+
+    ref_short_side: int = setting(160, ge=32)  # the fixed scale at which sharpness is measured
+    border_level: int = setting(24, ge=0, lt=128)  # grey level under which a line may belong to a black bar
+
+
 class TechnicalQuality(Operator):
     """Sharpness, exposure, contrast and letterbox share from the uniform frames (CPU task, no model)."""
 
@@ -159,17 +169,7 @@ class TechnicalQuality(Operator):
     stateful: ClassVar[bool] = False
     default_resources: ClassVar[Resources] = Resources(num_cpus=0.5)
     default_batch_size: ClassVar[int] = 16
-    params: ClassVar[dict[str, Any]] = {
-        "ref_short_side": 160,  # the fixed scale at which sharpness is measured
-        "border_level": 24,  # grey level under which a line may belong to a black bar
-    }
-
-    def validate(self) -> None:
-        """Check the parameters."""
-        if int(self.config["ref_short_side"]) < 32:
-            raise OperatorConfigError("operator 'quality': ref_short_side must be >= 32")
-        if not 0 <= int(self.config["border_level"]) < 128:
-            raise OperatorConfigError("operator 'quality': border_level must be in [0, 128)")
+    Params: ClassVar[type] = QualityParams
 
     def score_row(self, row: dict[str, Any]) -> dict[str, Any]:
         """Score one clip."""

@@ -224,6 +224,15 @@ def load_scorer(path: str | os.PathLike) -> ScorerModel:
 _WARNED: set[str] = set()
 
 
+@dataclass(frozen=True)
+class ScorerParams:
+    """The quality scorer operator's parameters."""
+
+    model_path: str | None = None  # default: the registry's quality-scorer file in the model dir
+    required: bool = False  # true: a missing scorer fails the run up front like any other model
+    model_dir: str | None = None
+
+
 class QualityScorer(Operator):
     """`quality_score` (1–5) from a scorer trained by `curation scorer train`; null when no scorer is available."""
 
@@ -233,11 +242,7 @@ class QualityScorer(Operator):
     default_resources: ClassVar[Resources] = Resources(num_cpus=0.25)
     default_batch_size: ClassVar[int] = 256
     stateful: ClassVar[bool] = True  # the (small) model is loaded once per actor
-    params: ClassVar[dict[str, Any]] = {
-        "model_path": None,  # default: the registry's quality-scorer file in the model dir
-        "required": False,  # true: a missing scorer fails the run up front like any other model
-        "model_dir": None,
-    }
+    Params: ClassVar[type] = ScorerParams
 
     def validate(self) -> None:
         """Find the scorer file; without one (and not `required`) scores stay null and `note` says why."""

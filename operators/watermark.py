@@ -54,13 +54,15 @@ learned cues (images, short clips) their max. Both off (the default, and the off
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 import pyarrow as pa
 
-from curation.operator import Operator, OperatorConfigError, Resources
+from curation.operator import Operator, Resources
+from curation.typed import setting
 
 TEMPORAL_WINDOW = 15  # px: neighbourhood over which "the content changes here" is measured
 LINE_KERNEL = (3, 15)  # (rows, cols) dilation joining the glyphs and words of one text line
@@ -217,6 +219,25 @@ def too_short(row: dict[str, Any], min_clip_frames: int) -> bool:
     return int(n) < min_clip_frames
 
 
+def _detector(value: str | None) -> str | None:
+    return None if value in (None, "laion-watermark") else f"laion-watermark or null, got {value!r}"
+
+
+@dataclass(frozen=True)
+class WatermarkParams:
+    """The watermark operator's parameters."""
+
+    zone: float = setting(0.3, ge=0.05, le=0.5)  # corner zone size, as a share of width and height
+    edge_min: float = setting(80.0, gt=0)  # Sobel strength of the frame-averaged gradient (grey levels x 4 per px)
+    coherence_min: float = setting(0.93, gt=0, lt=1)  # |mean g| / mean |g| above which an edge is "in every frame"
+    content_change_min: float = setting(3.0, gt=0)  # grey-level temporal std (15 px box) for persistence to count
+    evidence_mid: float = setting(0.0032, gt=0)  # evidence that maps to a score of 0.5
+    min_clip_frames: int = setting(24, ge=3)  # clips with fewer source frames get a null score ("Short clips")
+    head: str | None = None  # model registry key of a linear watermark head on `embedding`, or null
+    detector: str | None = setting(None, check=_detector)  # model registry key of a frame classifier, or null
+    device: str = "cpu"  # where the detector runs ("cuda" when the operator is given a GPU)
+
+
 class WatermarkDetector(Operator):
     """Persistent-overlay (logo, corner text) score from the uniform frames (CPU task; optional learned head)."""
 
@@ -228,17 +249,7 @@ class WatermarkDetector(Operator):
     default_resources: ClassVar[Resources] = Resources(num_cpus=0.5)
     default_batch_size: ClassVar[int] = 16
     transient: ClassVar[tuple[str, ...]] = ("_head", "_detector")
-    params: ClassVar[dict[str, Any]] = {
-        "zone": 0.3,  # corner zone size, as a share of width and height
-        "edge_min": 80.0,  # Sobel strength of the frame-averaged gradient (grey levels x 4 per px)
-        "coherence_min": 0.93,  # |mean g| / mean |g| above which an edge is "the same in every frame"
-        "content_change_min": 3.0,  # grey-level temporal std (15 px box) for persistence to mean anything
-        "evidence_mid": 0.0032,  # evidence that maps to a score of 0.5
-        "min_clip_frames": 24,  # clips with fewer source frames get a null score (module docstring, "Short clips")
-        "head": None,  # model registry key of a linear watermark head on `embedding`, or null
-        "detector": None,  # model registry key of a frame classifier (`laion-watermark`), or null
-        "device": "cpu",  # where the detector runs ("cuda" when the operator is given a GPU)
-    }
+    Params: ClassVar[type] = WatermarkParams
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -251,21 +262,6 @@ class WatermarkDetector(Operator):
             self.produces = {**type(self).produces, "watermark_detector_score": pa.float64()}
         if keys:
             self.models = tuple(keys)
-
-    def validate(self) -> None:
-        """Check the parameters."""
-        c = self.config
-        if not 0.05 <= float(c["zone"]) <= 0.5:
-            raise OperatorConfigError("operator 'watermark': zone must be in [0.05, 0.5]")
-        if not 0 < float(c["coherence_min"]) < 1:
-            raise OperatorConfigError("operator 'watermark': coherence_min must be in (0, 1)")
-        for key in ("edge_min", "content_change_min", "evidence_mid"):
-            self.check_number(key, 0, above=True)
-        self.check_int("min_clip_frames", 3)
-        if c["head"] is not None and not isinstance(c["head"], str):
-            raise OperatorConfigError("operator 'watermark': head must be a model registry key or null")
-        if c["detector"] not in (None, "laion-watermark"):
-            raise OperatorConfigError("operator 'watermark': detector must be laion-watermark or null")
 
     def setup(self) -> None:
         """Load the learned head, if one is configured (the heuristic needs nothing)."""

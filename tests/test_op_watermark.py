@@ -140,9 +140,9 @@ def test_real_logo_clip_still_scores_high_and_short_logo_clip_abstains(photos, f
 
 
 def test_min_clip_frames_is_validated():
-    from curation.operator import OperatorConfigError
+    from curation.errors import ConfigError
 
-    with pytest.raises(OperatorConfigError, match="min_clip_frames must be an integer >= 3"):
+    with pytest.raises(ConfigError, match="operators.watermark.params.min_clip_frames: must be >= 3, got 1"):
         WatermarkDetector(min_clip_frames=1)
 
 
