@@ -231,6 +231,7 @@ MotionParams = dataclasses.make_dataclass(
     frozen=True,
 )
 MotionParams.__doc__ = "The motion operator's parameters: flow settings and the tier thresholds."
+MotionParams.__module__ = __name__  # made at run time: pickling (Ray ships the operator) finds it here
 
 
 class MotionGrading(Operator):
