@@ -87,8 +87,10 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
     pathlib.Path(victim).unlink()
     with pytest.raises(FileNotFoundError, match="missing"):
         load_wan_dit(path)
-    with pytest.raises(ValueError, match="unknown DiT config keys"):
+    with pytest.raises(ValueError, match="unknown config key DiTConfig.num_head"):
         config_from_dict({"dim": 32, "num_head": 4})
+    with pytest.raises(ValueError, match="ck/config.json.dim: expected an integer, got 'wide'"):
+        config_from_dict({"dim": "wide"}, str(tmp_path / "ck" / "config.json"))
     with pytest.raises(ValueError, match="only the text-to-video"):
         config_from_dict({"model_type": "i2v"})
     with pytest.raises(ValueError, match="divisible"):

@@ -347,6 +347,8 @@ def test_config_validation(tmp_path):
         prep.load_config(str(good), ["vae.chunk_frames=3"])
     with pytest.raises(ConfigError, match="stages.9 is not an index of a list of"):
         prep.load_config(str(good), ["stages.9.fps=4"])
+    with pytest.raises(ConfigError, match="vae.overrides.z_dim: expected an integer, got 'big'"):
+        prep.load_config(str(good), ["vae.overrides.z_dim=big"])
     full = prep.load_config(str(ROOT / "trainer" / "configs" / "prepare_wan.yaml"))
     assert full.text_encoder.kind == "umt5" and not full.caption_fallback and full.compute.num_gpus == 1
     assert full.vae.weights == "wan2.1-t2v-1.3b"

@@ -83,6 +83,8 @@ def test_set_overrides_and_their_errors(tmp_path, capsys):
                      ("train.precision=fp8", "train.precision: must be bf16 or fp32"),
                      ("phases.0.batch={17x2: 4}", "'17x2' is not a bucket"),
                      ("model.preset=2B", "model.preset: '2B' is not one of"),
+                     ("model.config.dim=wide", "model.config.dim: expected an integer, got 'wide'"),
+                     ("model.config.dimm=3", "unknown config key model.config.dimm"),
                      ("flow.density=gauss", "flow.density must be uniform or logit_normal"),
                      ("train.device.x=1", "train.device is a value, not a section"),
                      ("noequals", "expected dotted.key=value")]:

@@ -158,7 +158,9 @@ phases:
     ("phases: [{name: a, steps: 1, height: 20}]", "phases[0]"),
     ("phases: [{name: a, steps: 1}]\ntrain: {precision: fp8}", "train.precision"),
     ("phases: [{steps: 1}]", "phases[0].name"),
-    ("phases: [{name: a, steps: 1}]\nmodel: {preset: tiny, overrides: {z_dimm: 3}}", "model"),
+    ("phases: [{name: a, steps: 1}]\nmodel: {preset: tiny, overrides: {z_dimm: 3}}", "unknown config key model.overrides.z_dimm"),
+    ("phases: [{name: a, steps: 1}]\nmodel: {preset: tiny, overrides: {z_dim: four}}", "model.overrides.z_dim: expected an integer"),
+    ("phases: [{name: a, steps: 1}]\nmodel: {preset: huge}", "model.preset: unknown VAE preset 'huge'"),
 ])
 def test_config_errors_name_the_key(tmp_path, text, key):
     """A bad config fails at load with one message naming the offending key."""

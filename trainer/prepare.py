@@ -108,17 +108,14 @@ def load_config(path: str, overrides: list[str] = ()) -> PrepareConfig:
 
 def validate(cfg: PrepareConfig) -> None:
     """Cross-field checks: stage names unique, buckets the VAE can encode, sane compute numbers."""
-    from trainer.models.vae.model import vae_config
+    from trainer.models.vae.model import read_vae_config
 
     if not cfg.stages:
         raise ConfigError("stages: at least one stage is needed")
     names = [s.name for s in cfg.stages]
     if len(set(names)) != len(names):
         raise ConfigError(f"stages: names repeat ({names})")
-    try:
-        vcfg = vae_config(cfg.vae.preset, **cfg.vae.overrides)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"vae: {e}") from e
+    vcfg = read_vae_config(cfg.vae.preset, cfg.vae.overrides, "vae")  # errors name the key
     tf, sf = vcfg.temporal_factor, vcfg.spatial_factor
     for i, st in enumerate(cfg.stages):
         for b in stage_buckets(st):

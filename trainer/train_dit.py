@@ -183,10 +183,8 @@ def model_config(cfg: ModelConfig) -> DiTConfig:
         if cfg.preset not in PRESETS:
             raise ConfigError(f"model.preset: {cfg.preset!r} is not one of {sorted(PRESETS)}")
         base = dataclasses.asdict(PRESETS[cfg.preset])
-    try:
-        return config_from_dict({**base, **cfg.config})
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"model.config: {e}") from e
+    # The typed reader names the key (model.config.dim: expected an integer) and prefixes DiTConfig's own checks.
+    return config_from_dict({**base, **cfg.config}, "model.config")
 
 
 def validate(cfg: DiTTrainConfig) -> None:

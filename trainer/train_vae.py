@@ -25,7 +25,7 @@ import torch
 from trainer.components import checkpoint as ckpt
 from trainer.components.config import ConfigError, load_yaml, to_dict
 from trainer.data.clips import ClipDataset, IndexRange, read_manifest_rows, read_stage_rows, select_rows
-from trainer.models.vae.model import WanVAE, load_state_dict_file, vae_config
+from trainer.models.vae.model import WanVAE, load_state_dict_file, read_vae_config, vae_config
 from trainer.models.vae.loss import PatchDiscriminator, generator_adv_loss, hinge_d_loss, kl_loss, psnr
 
 
@@ -124,10 +124,7 @@ def validate(cfg: VAETrainConfig) -> None:
     """Cross-field checks that types alone cannot express."""
     if not cfg.phases:
         raise ConfigError("phases: at least one phase is needed")
-    try:
-        vcfg = vae_config(cfg.model.preset, **cfg.model.overrides)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"model: {e}") from e
+    vcfg = read_vae_config(cfg.model.preset, cfg.model.overrides, "model")  # errors name the key
     tf, sf = vcfg.temporal_factor, vcfg.spatial_factor
     for i, ph in enumerate(cfg.phases):
         key = f"phases[{i}]"

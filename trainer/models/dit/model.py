@@ -71,17 +71,17 @@ PRESETS: dict[str, DiTConfig] = {
 _IGNORED_CONFIG_KEYS = {"_class_name", "_diffusers_version", "model_type", "window_size"}
 
 
-def config_from_dict(values: dict) -> DiTConfig:
-    """A DiTConfig from Wan2.1 keyword arguments or a released `config.json` (non-t2v models are refused)."""
+def config_from_dict(values: dict, where: str = "DiTConfig") -> DiTConfig:
+    """A DiTConfig from Wan2.1 keyword arguments or a released `config.json` (non-t2v models are refused), read by
+    the project's one typed config reader: an unknown key or a mistyped value is a ConfigError naming `where.key`."""
+    from curation.errors import ConfigError
+    from curation.typed import read
+
     values = dict(values)
     kind = values.get("model_type", "t2v")
     if kind != "t2v":
-        raise ValueError(f"model_type {kind!r}: only the text-to-video DiT (t2v) is built here")
-    known = {f.name for f in dataclasses.fields(DiTConfig)}
-    unknown = sorted(set(values) - known - _IGNORED_CONFIG_KEYS)
-    if unknown:
-        raise ValueError(f"unknown DiT config keys {unknown} (known: {sorted(known)})")
-    return DiTConfig(**{k: v for k, v in values.items() if k in known})
+        raise ConfigError(f"{where}.model_type: {kind!r}: only the text-to-video DiT (t2v) is built here")
+    return read(DiTConfig, {k: v for k, v in values.items() if k not in _IGNORED_CONFIG_KEYS}, where)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def checkpoint_files(path: str) -> list[str]:
 def read_config(path: str) -> DiTConfig:
     """The DiTConfig in a checkpoint folder's config.json."""
     with open(os.path.join(path, CONFIG)) as fh:
-        return config_from_dict(json.load(fh))
+        return config_from_dict(json.load(fh), os.path.join(path, CONFIG))
 
 
 def load_state_dict(path: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

@@ -81,10 +81,20 @@ PRESETS: dict[str, VAEConfig] = {
 
 def vae_config(preset: str = "wan2.1", **overrides) -> VAEConfig:
     """A named preset with keyword overrides (lists are turned into tuples)."""
+    return read_vae_config(preset, overrides)
+
+
+def read_vae_config(preset: str, overrides: dict | None, section: str | None = None) -> VAEConfig:
+    """A named preset with overrides read by the project's one typed config reader: an unknown preset or key, a
+    mistyped value or a failed architecture check is a ConfigError naming the key (`<section>.overrides.z_dim`)."""
+    from curation.errors import ConfigError
+    from curation.typed import read
+
     if preset not in PRESETS:
-        raise ValueError(f"unknown VAE preset {preset!r}; known: {sorted(PRESETS)}")
-    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    return dataclasses.replace(PRESETS[preset], **fixed)
+        raise ConfigError(f"{section + '.' if section else ''}preset: unknown VAE preset {preset!r}; "
+                          f"known: {sorted(PRESETS)}")
+    where = f"{section}.overrides" if section else "VAEConfig"
+    return read(VAEConfig, {**dataclasses.asdict(PRESETS[preset]), **(overrides or {})}, where)
 
 
 class FeatureCache:
