@@ -19,6 +19,7 @@ import yaml
 
 from captioner.qwen2vl import Qwen2VLCaptioner, build_prompt, clean_caption, fit_frames
 from curation.config import ConfigError, parse_config
+from curation.typed import load_yaml_file
 from conftest import DEMO_CONFIG, ROOT, run_pipeline_cli
 from tiny_qwen2vl import build_tiny_qwen2vl
 
@@ -86,7 +87,7 @@ def test_config_checks():
 
 
 def _config(tmp_path: Path, model: Path) -> Path:
-    cfg = yaml.safe_load(DEMO_CONFIG.read_text())
+    cfg = load_yaml_file(DEMO_CONFIG)
     cfg["captioning"] = {"enabled": True, "model": str(model), "num_gpus": 0, "batch_size": 4, "max_new_tokens": 8,
                          "short_side": 112, "num_frames": 4}
     path = tmp_path / "caption.yaml"

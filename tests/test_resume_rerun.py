@@ -17,12 +17,13 @@ import yaml
 from conftest import DEMO_CONFIG, ROOT, run_pipeline_cli
 from curation.config import load_config
 from curation.resume import fingerprints
+from curation.typed import load_yaml_file
 
 pytestmark = pytest.mark.slow
 
 
 def _config(tmp: Path, name: str, edit) -> Path:
-    data = yaml.safe_load(DEMO_CONFIG.read_text())
+    data = load_yaml_file(DEMO_CONFIG)
     # The demo's classical operators; OCR and NSFW (model actors) change nothing here but the run time.
     data["operators"] = [op for op in data["operators"] if (op if isinstance(op, str) else op["name"])
                          not in ("ocr", "nsfw")]

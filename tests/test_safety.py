@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-import yaml
-
 from conftest import ROOT
+from curation.typed import load_yaml_file
 
 SOURCE_DIRS = ("curation", "operators", "trainer", "captioner", "pipelines")
 
@@ -222,7 +221,7 @@ def test_decoder_replies_are_not_unpickled():
 
 
 def test_cluster_config_exposes_no_ray_port():
-    cfg = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+    cfg = load_yaml_file(ROOT / "ray_cluster.yaml")
     perms = cfg["provider"]["security_group"]["IpPermissions"]
     assert perms, "the security group must be explicit"
     for p in perms:

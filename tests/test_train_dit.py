@@ -227,12 +227,14 @@ def test_compiled_blocks_train_like_eager(tmp_path):
 
 def test_demo_config_follows_the_demo_stage_order():
     cfg = train_dit.load_config(str(DEMO))
-    demo = yaml.safe_load((ROOT / "pipelines" / "configs" / "demo.yaml").read_text())
-    assert [ph.stage for ph in cfg.phases] == [s["name"] for s in demo["stages"]]
-    prep = yaml.safe_load((ROOT / "trainer" / "configs" / "prepare_demo.yaml").read_text()) \
-        if (ROOT / "trainer" / "configs" / "prepare_demo.yaml").exists() else None
-    if prep is not None:  # the text width the demo's prepare pass writes
-        assert train_dit.model_config(cfg.model).text_dim == 384 and prep["text_encoder"]["kind"] == "minilm"
+    from curation.config import load_config as load_pipeline_config
+    from trainer.prepare import load_config as load_prepare_config
+
+    demo = load_pipeline_config(ROOT / "pipelines" / "configs" / "demo.yaml")
+    assert [ph.stage for ph in cfg.phases] == [s.name for s in demo.stages]
+    prep = load_prepare_config(str(ROOT / "trainer" / "configs" / "prepare_demo.yaml"))
+    # the text width the demo's prepare pass writes
+    assert train_dit.model_config(cfg.model).text_dim == 384 and prep.text_encoder.kind == "minilm"
 
 
 @pytest.mark.slow
