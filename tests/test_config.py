@@ -135,6 +135,19 @@ def test_typo_in_exclude_stops_the_cli_at_startup(tmp_path):
     assert not (out / "samples").exists()
 
 
+def test_mistyped_operator_parameter_stops_curation_run_at_startup(tmp_path, capsys):
+    """`curation run` (in process): one message naming operators.<name>.params.<key>, nothing written."""
+    from curation.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("operators:\n  - {name: motion, params: {grid_step: eight}}\n")
+    out = tmp_path / "out"
+    assert main(["run", "--config", str(bad), "--input", str(tmp_path), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "operators.motion.params.grid_step: expected an integer, got 'eight'" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_operators_ship_without_their_loaded_models():
     """Ray pickles an operator to ship it to workers: loaded models stay behind (setup() loads them there)."""
     import pickle

@@ -225,6 +225,20 @@ def test_compiled_blocks_train_like_eager(tmp_path):
                                            "diffusion_pytorch_model.safetensors")))
 
 
+def test_demo_config_with_a_misspelt_key_or_a_wrong_type_stops_at_start_up(tmp_path, capsys):
+    """dit_demo.yaml edited by hand: one message naming the key, exit status 2, nothing written."""
+    text = DEMO.read_text()
+    for old, new, message in [("grad_clip:", "grad_clp:", "unknown config key optim.grad_clp"),
+                              ("steps: 40, batch", "steps: forty, batch", "phases[0].steps: expected an integer"),
+                              ("dim: 64,", "dim: wide,", "model.config.dim: expected an integer, got 'wide'")]:
+        assert old in text
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text.replace(old, new, 1))
+        assert train_dit.main(["--config", str(bad), "--set", f"train.output_dir={tmp_path / 'run'}"]) == 2
+        assert f"config error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_demo_config_follows_the_demo_stage_order():
     cfg = train_dit.load_config(str(DEMO))
     from curation.config import load_config as load_pipeline_config
