@@ -639,7 +639,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = [
-    "VAEConfig", "PRESETS", "vae_config", "FeatureCache", "CausalConv3d", "RMS_norm", "ResidualBlock",
+    "VAEConfig", "PRESETS", "vae_config", "read_vae_config", "FeatureCache", "CausalConv3d", "RMS_norm", "ResidualBlock",
     "AttentionBlock", "Resample", "Encoder3d", "Decoder3d", "WanVAE", "load_wan_vae", "load_state_dict_file",
     "count_parameters", "WAN21_LATENT_MEAN", "WAN21_LATENT_STD",
 ]
