@@ -125,7 +125,7 @@ def test_ray_pass_writes_manifest_stage_and_counts(tmp_path):
     from curation.schema import base_schema
 
     cfg = VisualTextConfig(zh_share=0.5, batch_size=6, concurrency=1, canvases=((384, 288),), sizes=(28, 40),
-                           min_char_accuracy=0.9)
+                           min_char_accuracy=0.9, exclude_words=("the", "中国"))
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         s1 = make_visual_text(tmp_path / "a", 24, seed=1, cfg=cfg)
@@ -148,6 +148,9 @@ def test_ray_pass_writes_manifest_stage_and_counts(tmp_path):
     assert sum(v["rendered"] for v in s1["per_font"].values()) >= s1["rendered"]
     run = json.loads((tmp_path / "a" / "run.json").read_text())
     assert run["kept"] == s1["kept"] and set(run["per_size"]) <= {">=28px", ">=40px", ">=18px"}
+    # Excluded terms reach the workers, and run.json records how many and their hash, not the words.
+    assert run["config"]["exclude_words"]["terms"] == 2 and len(run["config"]["exclude_words"]["sha256"]) == 64
+    assert not any("中国" in t or "the" in t.lower().split() for t in rows["ocr_text"])
     for lang, acc in s1["mean_char_accuracy_kept"].items():
         assert acc >= 0.95, (lang, acc)
     stage = pd.read_parquet(tmp_path / "a" / "stages" / "s9_visual_text")
@@ -210,3 +213,33 @@ def test_languages_come_in_the_configured_shares(share):
     assert abs(got - share) < 0.1, got  # binomial sd at n=120 is <= 0.046
     for r in rows:  # the rendered text is in the sample's language
         assert language_of(r["ocr_text"]) == r["render_lang"] or not re.search(r"[^\W\d_]", r["ocr_text"])
+
+
+def test_excluded_terms_never_reach_the_vocabulary_or_a_render(tmp_path):
+    """`exclude_words_file` + `exclude_words`: English words equal to a term (any case) and Chinese words containing
+    one leave the vocabulary, the next words take their places, and no render shows them."""
+    from captioner.visual_text.text import vocabulary
+
+    words = tmp_path / "blocked.txt"
+    words.write_text("# our list\nThe\n\npeople\n中国\n", encoding="utf-8")
+    cfg = parse_config({"exclude_words_file": str(words), "exclude_words": ["Time"]})
+    assert cfg.exclude_words == ("people", "the", "time", "中国")
+    terms = frozenset(cfg.exclude_words)
+    en, zh = vocabulary("en", 2000), vocabulary("zh", 2000)
+    assert {"the", "people", "time"} <= set(en) and any("中国" in w for w in zh)  # there to be removed
+    en_x, zh_x = vocabulary("en", 2000, terms), vocabulary("zh", 2000, terms)
+    assert len(en_x) == len(en) == 2000 and len(zh_x) == len(zh) == 2000
+    assert not {"the", "people", "time"} & set(en_x) and not any("中国" in w for w in zh_x)
+    assert set(en) - set(en_x) == {"the", "people", "time"}  # nothing else removed
+    small = VisualTextConfig(vocab_size=30, exclude_words=cfg.exclude_words, canvases=((384, 288),))
+    for i in range(40):
+        text = render_sample(5, i, small, FONTS)[1]["ocr_text"]
+        assert "中国" not in text and not {"the", "people", "time"} & set(re.findall(r"[a-z]+", text.lower()))
+
+
+def test_an_unreadable_word_list_is_a_start_up_error(tmp_path):
+    with pytest.raises(ConfigError, match="visual_text.exclude_words_file: cannot read the word list"):
+        parse_config({"exclude_words_file": str(tmp_path / "missing.txt")})
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        parse_config({"exclude_words_file": str(tmp_path / "latin1.txt")})

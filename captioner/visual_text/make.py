@@ -15,20 +15,22 @@ in run.json, per font and per size too, so a font the recogniser cannot read sho
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import math
 import os
 import time
 import unicodedata
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from captioner.visual_text import render as R
-from captioner.visual_text.text import KINDS, make_text
+from captioner.visual_text.text import KINDS, make_text, read_terms
 from curation import typed
 from curation.errors import ConfigError
 from curation.typed import setting
@@ -77,6 +79,18 @@ def _spacing(value: tuple) -> str | None:
     return None if len(value) == 2 and value[0] <= value[1] else "expected [low, high]"
 
 
+def _word_list(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        read_terms(value)
+    except OSError as exc:
+        return f"cannot read the word list: {exc.strerror or exc}"
+    except UnicodeDecodeError:
+        return "the word list is not UTF-8 text"
+    return None
+
+
 def _canvases(value: tuple) -> str | None:
     ok = value and all(w >= 64 and h >= 64 for w, h in value)
     return None if ok else "expected a list of [width, height] pairs (>= 64 px)"
@@ -108,6 +122,9 @@ class VisualTextConfig:
     p_number: float = setting(0.3, ge=0, le=1)
     p_punct: float = setting(0.4, ge=0, le=1)
     max_lines: int = setting(3, ge=1)
+    # terms never rendered (text.py): inline, and/or a word-list file (UTF-8, one per line, # comments)
+    exclude_words: tuple[str, ...] = ()
+    exclude_words_file: str | None = setting(None, check=_word_list)
     min_contrast: float = 4.5
     min_char_accuracy: float = setting(0.9, ge=0, le=1)  # the OCR gate; 0 keeps everything (OCR still runs)
     ocr: bool = True
@@ -124,6 +141,10 @@ def parse_config(data: Any) -> VisualTextConfig:
     if isinstance(data, dict):
         data = data.get("visual_text", data)
     cfg = typed.read(VisualTextConfig, data, "visual_text")
+    terms = {t.strip().lower() for t in cfg.exclude_words if t.strip()}
+    if cfg.exclude_words_file:
+        terms.update(read_terms(cfg.exclude_words_file))
+    cfg = replace(cfg, exclude_words=tuple(sorted(terms)))  # one sorted list: the file is read here, once
     fonts = R.available_fonts(list(cfg.fonts) if cfg.fonts else None)
     for lang, share in (("zh", cfg.zh_share), ("en", 1 - cfg.zh_share)):
         if share > 0 and not any(f.lang == lang for f in fonts):
@@ -158,6 +179,11 @@ def _shrink(lines: list[str], lang: str) -> list[str] | None:
     return [line[:-1]] if len(line) > 1 else None
 
 
+@functools.lru_cache(maxsize=4)
+def _terms(words: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(words)
+
+
 def render_sample(seed: int, index: int, cfg: VisualTextConfig,
                   fonts: list[R.FontSpec]) -> tuple[np.ndarray, dict[str, Any]]:
     """The image (H, W, 3) uint8 and the row fields of sample `index`: a pure function of (seed, index, cfg)."""
@@ -175,7 +201,8 @@ def render_sample(seed: int, index: int, cfg: VisualTextConfig,
     centres: list[tuple[float, float]] = []
     for band in range(n_blocks):
         kind = _pick(rng, cfg.kinds)
-        lines = make_text(rng, lang, kind, cfg.vocab_size, cfg.p_number, cfg.p_punct, cfg.max_lines)
+        lines = make_text(rng, lang, kind, cfg.vocab_size, cfg.p_number, cfg.p_punct, cfg.max_lines,
+                          _terms(cfg.exclude_words))
         font = lang_fonts[int(rng.integers(len(lang_fonts)))]
         size = int(cfg.sizes[int(rng.integers(len(cfg.sizes)))])
         spacing = float(rng.uniform(*cfg.spacing))
@@ -406,6 +433,15 @@ def stage_weight(cfg: VisualTextConfig, n_kept: int) -> tuple[float, float | Non
     return cfg.stage_share / (1 - cfg.stage_share) * total / n_kept, total
 
 
+def _recorded(cfg: VisualTextConfig) -> dict[str, Any]:
+    """The config as run.json records it: the excluded terms as their count and a sha256, not the words."""
+    d = asdict(cfg)
+    words = d.pop("exclude_words")
+    d["exclude_words"] = {"terms": len(words),
+                          "sha256": hashlib.sha256("\n".join(words).encode("utf-8")).hexdigest() if words else None}
+    return d
+
+
 def make_visual_text(out: str | os.PathLike, n: int, seed: int = 0,
                      cfg: VisualTextConfig = VisualTextConfig()) -> dict[str, Any]:
     """Render, gate and write `n` samples into `out` (Ray Data; a local Ray is started when none runs); the summary
@@ -459,7 +495,7 @@ def make_visual_text(out: str | os.PathLike, n: int, seed: int = 0,
     acc_kept = {lang: round(float(g["ocr_char_accuracy"].mean()), 4) for lang, g in kept.groupby("render_lang")
                 if g["ocr_char_accuracy"].notna().any()}
     summary: dict[str, Any] = {
-        "kind": "visual_text", "n": n, "seed": int(seed), "config": asdict(cfg),
+        "kind": "visual_text", "n": n, "seed": int(seed), "config": _recorded(cfg),
         "fonts": [f.key for f in fonts], "rendered": int((rows["status"] != "failed").sum()), "kept": len(kept),
         "dropped_ocr": int((rows["status"] == "rejected").sum()), "failed": int((rows["status"] == "failed").sum()),
         "failed_examples": [e for e in rows.get("error", pd.Series(dtype=object)).dropna().head(5)],

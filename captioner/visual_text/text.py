@@ -8,6 +8,11 @@ frequencies come from one older corpus and it carries many rare proper names. We
 `vocab_size` words (rank, not frequency, weighted: frequency-weighted draws would mostly repeat 的/是/the/to), after
 keeping only words made of Han characters (Chinese) or of ASCII letters (English).
 
+wordfreq's lists are what people write, offensive words included, and a model learns to render what it is shown.
+`exclude_words` / `exclude_words_file` (a word list such as LDNOOBW's, which a user brings: none ships here) remove
+terms from the vocabulary before the top `vocab_size` are taken: English words equal to a term, Chinese words equal
+to or containing one.
+
 A text is a list of lines (a passage has several); each sample is drawn from its own generator, so the same (seed,
 index) gives the same text on any machine.
 """
@@ -28,9 +33,10 @@ LANGUAGES = ("zh", "en")
 KINDS = ("word", "phrase", "passage")
 
 
-@functools.lru_cache(maxsize=4)
-def vocabulary(lang: str, size: int) -> tuple[str, ...]:
-    """The `size` most frequent clean words of `lang` ('zh' or 'en') in wordfreq's list."""
+@functools.lru_cache(maxsize=8)
+def vocabulary(lang: str, size: int, exclude: frozenset[str] = frozenset()) -> tuple[str, ...]:
+    """The `size` most frequent clean words of `lang` ('zh' or 'en') in wordfreq's list, none of them `excluded`
+    by the terms of `exclude` (the next words down the list take their places)."""
     import wordfreq
 
     if lang not in LANGUAGES:
@@ -40,7 +46,24 @@ def vocabulary(lang: str, size: int) -> tuple[str, ...]:
     if lang == "en":
         words = [w for w in words if len(w) > 1 or w in ("a", "i")]
         words = [w.upper() if w == "i" else w for w in words]
+    if exclude:
+        han = tuple(t for t in exclude if _HAN.match(t))
+        words = [w for w in words if not excluded(w, exclude, han)]
     return tuple(words[:size])
+
+
+def excluded(word: str, terms: frozenset[str], han_terms: tuple[str, ...] = ()) -> bool:
+    """Whether a vocabulary word is excluded: an English word equal to a term (any case), a Chinese word equal to
+    a term or containing one of `han_terms` (Chinese words are segmented compounds: a term inside one is in it)."""
+    return word.lower() in terms or word in terms or any(t in word for t in han_terms)
+
+
+def read_terms(path: str) -> tuple[str, ...]:
+    """The terms of a word-list file (UTF-8, one term per line; blank lines and lines starting with # skipped),
+    lower-cased, de-duplicated and sorted."""
+    with open(path, encoding="utf-8") as f:
+        lines = (line.strip() for line in f)
+        return tuple(sorted({line.lower() for line in lines if line and not line.startswith("#")}))
 
 
 def _number(rng: np.random.Generator, lang: str) -> str:
@@ -87,11 +110,12 @@ def _phrase(rng: np.random.Generator, lang: str, vocab: tuple[str, ...], n_words
 
 
 def make_text(rng: np.random.Generator, lang: str, kind: str, vocab_size: int = 20000, p_number: float = 0.3,
-              p_punct: float = 0.4, max_lines: int = 3) -> list[str]:
-    """One text as a list of lines: a word, a phrase (2-5 words), or a passage (2..max_lines phrases)."""
+              p_punct: float = 0.4, max_lines: int = 3, exclude: frozenset[str] = frozenset()) -> list[str]:
+    """One text as a list of lines: a word, a phrase (2-5 words), or a passage (2..max_lines phrases), drawn from
+    the vocabulary without the `exclude` terms."""
     if kind not in KINDS:
         raise ValueError(f"text kind must be one of {KINDS}, got {kind!r}")
-    vocab = vocabulary(lang, vocab_size)
+    vocab = vocabulary(lang, vocab_size, exclude)
     if kind == "word":
         return [_number(rng, lang)] if rng.random() < p_number / 3 else [vocab[int(rng.integers(len(vocab)))]]
     if kind == "phrase":
