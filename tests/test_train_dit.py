@@ -239,6 +239,15 @@ def test_demo_config_with_a_misspelt_key_or_a_wrong_type_stops_at_start_up(tmp_p
     assert not (tmp_path / "run").exists()
 
 
+def test_latents_that_were_never_prepared_are_one_line_at_start_up(tmp_path, capsys):
+    """data.latents naming a folder without prepare.json: exit 2 and the reader's message, not a traceback."""
+    code = train_dit.main(["--config", str(DEMO), "--set", f"data.latents={tmp_path / 'nope'}",
+                           "--set", "train.device=cpu", "--set", f"train.output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "data error:" in err and "no prepare.json (run `python -m trainer.prepare` first)" in err
+    assert "Traceback" not in err
+
+
 def test_demo_config_follows_the_demo_stage_order():
     cfg = train_dit.load_config(str(DEMO))
     from curation.config import load_config as load_pipeline_config

@@ -379,7 +379,7 @@ def micro_loss(model, latents: list[torch.Tensor], texts: list[torch.Tensor], si
 
 
 def _load(index, ids: list[str], stage: str, step_desc: str):
-    from trainer.data.latents import ShardError
+    from trainer.data.latents import LatentIndexError, ShardError
 
     try:
         return index.load(ids, stage=stage)
@@ -767,7 +767,7 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. --set train.max_steps=20 (repeatable)")
     args = ap.parse_args(argv)
-    from trainer.data.latents import ShardError
+    from trainer.data.latents import LatentIndexError, ShardError
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -778,6 +778,9 @@ def main(argv=None) -> int:
         summary = train(cfg)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except LatentIndexError as e:  # data.latents is not a prepared folder: say which and how to make one
+        print(f"data error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLoss as e:
         print(f"error: {e}", file=sys.stderr)
