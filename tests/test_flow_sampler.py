@@ -132,3 +132,24 @@ def test_latent_shape_and_mp4(tmp_path):
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 5 and frames[0].shape == (32, 48, 3)
     assert frames[0].mean() < 20 and frames[-1].mean() > 235
+
+
+def test_sample_cli_names_the_flag_of_a_missing_or_wrong_file(tmp_path):
+    """A checkpoint path that does not exist said "is a file" with a traceback; a VAE file that is not a VAE (or not
+    there) gave a traceback from deep in the loader. Each is now one line naming its flag."""
+    from safetensors.torch import save_file
+
+    from trainer import sample
+    from trainer.models.dit.weights import save_wan_dit
+
+    args = ["--prompt", "a cat", "--out", str(tmp_path / "x.mp4"), "--device", "cpu", "--precision", "fp32"]
+    with pytest.raises(SystemExit, match="^--checkpoint: no DiT checkpoint at .*/nope$"):
+        sample.main(["--checkpoint", str(tmp_path / "nope"), "--vae", str(tmp_path / "vae"), *args])
+    model = WanDiT.from_config("tiny")
+    save_wan_dit(model.state_dict(), model.config, str(tmp_path / "dit"))
+    with pytest.raises(SystemExit, match="^--vae: "):
+        sample.main(["--checkpoint", str(tmp_path / "dit"), "--vae", str(tmp_path / "missing.safetensors"), *args])
+    save_file({"not_a_vae": torch.zeros(2)}, str(tmp_path / "wrong.safetensors"))
+    with pytest.raises(SystemExit, match="^--vae: Error.s. in loading state_dict for WanVAE: Missing key") as info:
+        sample.main(["--checkpoint", str(tmp_path / "dit"), "--vae", str(tmp_path / "wrong.safetensors"), *args])
+    assert "\n" not in str(info.value) and len(str(info.value)) < 420  # one line, not 200 key names

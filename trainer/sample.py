@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -191,6 +191,16 @@ def _vae_overrides(items: list[str]) -> dict:
     return out
 
 
+def _load(flag: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)`, a model loader; a missing, unreadable or mismatched file stops the run with one line
+    naming the flag (OSError: not there; ValueError / RuntimeError: not that model's weights or config)."""
+    try:
+        return fn(*args, **kwargs)
+    except (OSError, ValueError, RuntimeError) as exc:
+        text = " ".join(str(exc).split())  # a strict load lists every missing key: one line, cut short
+        raise SystemExit(f"{flag}: {text[:400]}{' ...' if len(text) > 400 else ''}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: text → latents → VAE decode → mp4."""
     args = _parse(argv)
@@ -210,12 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     started = time.monotonic()
     prompts = rewrite_if_asked(args, device)
-    model = load_wan_dit(args.checkpoint, dtype=torch.float32, device=device)
+    model = _load("--checkpoint", load_wan_dit, args.checkpoint, dtype=torch.float32, device=device)
     model.train(False).requires_grad_(False)
     apply_context_parallel(model, mesh)
-    vae = load_wan_vae(args.vae, vae_config(args.vae_preset, **_vae_overrides(args.vae_override)), device=device)
+    vae = _load("--vae", lambda: load_wan_vae(args.vae, vae_config(args.vae_preset,
+                                                                     **_vae_overrides(args.vae_override)), device=device))
     vae.train(False).requires_grad_(False)
-    encoder = load_text_encoder(args.text_encoder, device=device)
+    encoder = _load("--text-encoder", load_text_encoder, args.text_encoder, device=device)
     context = encoder.encode(prompts)
     negative = encoder.encode([args.negative_prompt]) if args.guidance != 1.0 else None
     cfg = vae.config

@@ -66,6 +66,8 @@ def load_wan_dit(path: str, config: DiTConfig | dict | str | None = None, dtype:
     `path` is a folder (config.json + weights) or a .safetensors file (then `config` is required: a DiTConfig,
     a dict of Wan2.1 keywords or a preset name).
     """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no DiT checkpoint at {path}")
     if config is None:
         if not os.path.isdir(path):
             raise ValueError(f"{path} is a file: pass config= (a preset such as '1.3B', or the config dict)")
