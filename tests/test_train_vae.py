@@ -170,6 +170,20 @@ def test_config_errors_name_the_key(tmp_path, text, key):
         train_vae.load_config(str(p))
 
 
+def test_missing_or_empty_data_folders_are_one_line(tmp_path, capsys):
+    """--stages / --manifest naming no folder, or a folder without parquet: exit 2 with 'data error:', no traceback
+    (a missing --stages folder raised FileNotFoundError from os.listdir)."""
+    cfg = str(ROOT / "trainer" / "configs" / "vae_tiny.yaml")
+    (tmp_path / "empty").mkdir()
+    for flag, path, message in [("--stages", tmp_path / "nope", "stages folder not found"),
+                                ("--manifest", tmp_path / "nope", "manifest folder not found"),
+                                ("--manifest", tmp_path / "empty", "no parquet files under")]:
+        assert train_vae.main(["--config", cfg, flag, str(path), "--output", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert f"data error: {message}" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_shipped_configs_load():
     """The configs under trainer/configs validate."""
     for name in ("vae_tiny.yaml", "vae_wan21_finetune.yaml"):

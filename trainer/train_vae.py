@@ -323,7 +323,11 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    rows = read_stage_rows(args.stages, cfg.data.stages) if args.stages else read_manifest_rows(args.manifest)
+    try:
+        rows = read_stage_rows(args.stages, cfg.data.stages) if args.stages else read_manifest_rows(args.manifest)
+    except (OSError, ValueError) as e:  # no such folder, no parquet in it, a stage without the needed columns
+        print(f"data error: {e}", file=sys.stderr)
+        return 2
     print(f"{len(rows)} manifest rows", flush=True)
     last = train(cfg, rows, args.output, resume=not args.no_resume)
     print(json.dumps(last), flush=True)

@@ -33,6 +33,8 @@ def _check_columns(df: pd.DataFrame, where: str) -> None:
 
 def read_stage_rows(stages_dir: str, stage_names: list[str] | None = None) -> pd.DataFrame:
     """Rows of the named stages (all stage folders, sorted, when None), with `stage` and `weight` columns."""
+    if not os.path.isdir(stages_dir):
+        raise FileNotFoundError(f"stages folder not found: {stages_dir}")
     if stage_names is None:
         stage_names = sorted(d for d in os.listdir(stages_dir) if os.path.isdir(os.path.join(stages_dir, d)))
     if not stage_names:
@@ -54,6 +56,8 @@ def read_stage_rows(stages_dir: str, stage_names: list[str] | None = None) -> pd
 
 def read_manifest_rows(samples_dir: str) -> pd.DataFrame:
     """The `kept` rows of a samples manifest, each with weight 1."""
+    if not os.path.isdir(samples_dir):
+        raise FileNotFoundError(f"manifest folder not found: {samples_dir}")
     df = _read_parquet_dir(samples_dir)
     _check_columns(df, samples_dir)
     if "status" in df.columns:
