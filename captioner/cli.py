@@ -13,6 +13,10 @@ def _cmd_visual_text_make(args: argparse.Namespace) -> int:
     from curation.manifest import check_new_output
     from curation.rayinit import init_ray
 
+    from curation.errors import ConfigError
+
+    if args.n < 1:  # before Ray starts (make_visual_text checks it too, for callers of the function)
+        raise ConfigError(f"--n: expected at least 1 sample, got {args.n}")
     cfg = load_config(args.config)
     check_new_output(args.out)  # an OUT that is a file: one message before Ray starts
     init_ray(args.address, quiet_logs=True)

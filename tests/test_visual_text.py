@@ -202,6 +202,14 @@ def test_cli_refuses_an_out_that_is_a_file_before_ray_starts(tmp_path, capsys):
     bad.write_text("visual_text:\n  zh_share: 2\n")
     assert main(["visual-text", "make", str(tmp_path / "o"), "--n", "2", "--config", str(bad)]) == 2
     assert "zh_share" in capsys.readouterr().err
+    import ray
+
+    try:
+        assert main(["visual-text", "make", str(tmp_path / "o"), "--n", "0"]) == 2
+        assert "--n: expected at least 1 sample, got 0" in capsys.readouterr().err
+        assert not ray.is_initialized()  # refused before a local Ray was started for nothing
+    finally:
+        ray.shutdown()
 
 
 @needs_fonts
