@@ -4,12 +4,16 @@
     python bench/train_dit.py --smoke                   # the same plumbing on CPU: tiny model, 2 gloo processes
     python bench/train_dit.py --gpus 2 --runs one,multi && python bench/train_dit.py --gpus 2 --runs resume
                                                         # the same in two commands (per-command time limits)
+    python bench/train_dit.py --gpus 1 --runs one,one_compiled
+                                                        # one GPU, eager against `model.compile: true`
 
 It writes random latents and text of the right shapes in the documented shard format (no data needed), then runs
 the real trainer (`python -m torch.distributed.run ... -m trainer.train_dit`) four times:
   1. one process, `--steps` steps (warm-up steps excluded from the figures);
   2. N processes (FSDP2 over N GPUs), the same global batch per GPU;
   3. N processes, `--resume-at` steps then a checkpoint;  4. resumed from it up to `--steps`;
+  (and, asked for by `--runs one_compiled`: one process with `model.compile: true`, the blocks compiled by
+  torch.compile; its warm-up steps include the compilation, left out of the figures like any warm-up);
 and reads each run's metrics.jsonl: tokens/s per GPU (median over the measured steps), MFU against a bf16 matmul
 measured in the same process, peak memory per GPU, and the losses of the resumed steps against run 2's. Results
 go to OUT/results.json and a Markdown table on stdout for bench/BENCHMARKS.md.
@@ -113,8 +117,8 @@ def main(argv=None) -> int:
     ap.add_argument("--text-tokens", type=int, default=128)
     ap.add_argument("--out", default="runs/bench_train_dit")
     ap.add_argument("--runs", default="one,multi,resume",
-                    help="which parts (one, multi, resume), e.g. to fit a per-command time limit; results.json "
-                         "collects them (resume compares with an earlier multi run)")
+                    help="which parts (one, multi, resume, one_compiled), e.g. to fit a per-command time limit; "
+                         "results.json collects them (resume compares with an earlier multi run)")
     args = ap.parse_args(argv)
 
     out = os.path.abspath(args.out)
@@ -142,8 +146,9 @@ def main(argv=None) -> int:
                            "ema.decay=0.999"]
 
     parts = set(args.runs.split(","))
-    if parts - {"one", "multi", "resume"}:
-        raise SystemExit(f"--runs: unknown parts {sorted(parts - {'one', 'multi', 'resume'})}")
+    known = {"one", "multi", "resume", "one_compiled"}
+    if parts - known:
+        raise SystemExit(f"--runs: unknown parts {sorted(parts - known)}")
     results_path = os.path.join(out, "results.json")
     results: dict = {}
     if os.path.exists(results_path):
@@ -153,17 +158,23 @@ def main(argv=None) -> int:
                     "checkpointing": args.checkpointing, "gpus": args.gpus, "steps": args.steps,
                     "warmup": args.warmup})
     runs = {}
-    for name, nproc in (("one", 1), ("multi", args.gpus)):
+    for name, nproc in (("one", 1), ("one_compiled", 1), ("multi", args.gpus)):
         if name not in parts:
             continue
         run_dir = os.path.join(out, name)
         sets = common + [f"train.output_dir={run_dir}", "train.resume=false", f"phases.0.batch={{'*': {nproc}}}"]
+        if name == "one_compiled":
+            sets.append("model.compile=true")
         wall = run_trainer(nproc, config, sets, os.path.join(out, f"{name}.log"))
         runs[name] = read_metrics(run_dir)
         results[name] = dict(summarise(runs[name], args.warmup), nproc=nproc, wall_s=wall)
         print(f"{name}: {results[name]}", flush=True)
         with open(results_path, "w") as fh:
             json.dump(results, fh, indent=1)
+    if "one" in results and "one_compiled" in results:
+        results["compile_speedup"] = (results["one_compiled"]["tokens_per_s_per_gpu"]
+                                      / results["one"]["tokens_per_s_per_gpu"])
+        print(f"compile speed-up (one GPU): {results['compile_speedup']:.3f}", flush=True)
     if "one" in results and "multi" in results:
         results["scaling_per_gpu"] = (results["multi"]["tokens_per_s_per_gpu"]
                                       / results["one"]["tokens_per_s_per_gpu"])
@@ -201,14 +212,14 @@ def print_table(results: dict) -> None:
     """The Markdown table for bench/BENCHMARKS.md."""
     print("\n| run | GPUs | tokens/s per GPU | MFU | TFLOP/s per GPU | peak memory per GPU |")
     print("|---|---|---|---|---|---|")
-    for name in ("one", "multi"):
+    for name in ("one", "one_compiled", "multi"):
         r = results.get(name)
         if not r:
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "n/a"
         tfl = f"{r['tflops_per_gpu']:.0f}" if "tflops_per_gpu" in r else "n/a"
         mem = f"{r['peak_mem_gib']:.1f} GiB" if "peak_mem_gib" in r else "n/a"
-        label = "1 GPU" if name == "one" else f"FSDP2 x{r['nproc']}"
+        label = {"one": "1 GPU", "one_compiled": "1 GPU, model.compile"}.get(name, f"FSDP2 x{r['nproc']}")
         print(f"| {label} | {r['nproc']} | {r['tokens_per_s_per_gpu']:.0f} | {mfu} | {tfl} | {mem} |")
     if "scaling_per_gpu" in results:
         print(f"\nscaling per GPU: {100 * results['scaling_per_gpu']:.1f}%")
