@@ -27,6 +27,8 @@ A partial JSON is written after every measurement (`--out`), so a run cut short 
 measurement that would start after `--budget-s` seconds is skipped and listed.
 
     python bench/caption.py --out $OUT/caption.json                 # the GPU comparison (defaults below)
+    python bench/caption.py --batches --old-batches --fast-batches --eager-batches --pergroup-batches \
+        --noise-rows 0 --profile-rows 0 --decode-profile-rows 64 384  # only the decode-step profiles
     python bench/caption.py --smoke                                 # CPU, tiny random model: plumbing only
 """
 
@@ -217,6 +219,49 @@ def prefill_profile(engine, items: list) -> dict:
     return out
 
 
+def decode_profile(engine, items: list) -> dict:
+    """Where one decode step's device time goes at `len(items)` rows (new engine): the engine's state is set up by
+    a short call, then 5 steps run eagerly (the kernels a graph replay launches) under the profiler; also the time
+    of one graph replay, and the bytes a step must read (weights + the key/value cache) per ms of it."""
+    import torch
+    from torch.profiler import ProfilerActivity
+
+    engine.generate_ids(items, min_new_tokens=8, max_new_tokens=8)  # prefill + state + graph at this shape
+    state = engine._state
+    out: dict = {"rows": len(items), "cache_length": state.length}
+    with torch.inference_mode():
+        state.index.fill_(state.length - 16)
+        if state.graph is not None:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(10):
+                state.graph.replay()
+            end.record()
+            torch.cuda.synchronize()
+            out["graph_step_ms"] = round(start.elapsed_time(end) / 10, 3)
+        state.index.fill_(state.length - 16)
+        state.step()
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                state.step()
+            torch.cuda.synchronize()
+    avg = prof.key_averages()
+    busy_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in avg)
+    top = sorted(avg, key=lambda e: -(getattr(e, "self_device_time_total", 0) or 0))[:12]
+    net = engine.model
+    weights = sum(p.numel() * p.element_size() for n, p in net.named_parameters() if "visual" not in n)
+    cache = sum(t.numel() * t.element_size() for t in state.keys + state.values)
+    out.update(kernel_ms_per_step=round(busy_us / 1e3 / 5, 3),
+               bytes_per_step_gb=round((weights + cache) / 1e9, 2), weights_gb=round(weights / 1e9, 2),
+               cache_gb=round(cache / 1e9, 2),
+               top_kernels=[{"name": e.key[:90], "ms_per_step": round(e.self_device_time_total / 1e3 / 5, 3),
+                             "calls_per_step": e.count / 5} for e in top])
+    if "graph_step_ms" in out:
+        out["read_gb_per_s_at_graph_speed"] = round((weights + cache) / 1e9 / (out["graph_step_ms"] / 1e3), 1)
+    return out
+
+
 def identity(a, b) -> dict:
     """How alike two engines' generated ids are: identical rows, and the mean share of the common leading tokens."""
     import torch
@@ -285,7 +330,9 @@ def main() -> None:
     ap.add_argument("--prefill-rows", type=int, default=16, help="qwen2vl_fast: rows per prefill chunk")
     ap.add_argument("--sync-every", type=int, default=16, help="qwen2vl_fast: decode steps between end checks")
     ap.add_argument("--no-graphs", action="store_true", help="qwen2vl_fast without CUDA graphs")
-    ap.add_argument("--profile-rows", type=int, default=16)
+    ap.add_argument("--profile-rows", type=int, default=16, help="rows of the per-engine profiles (0: none)")
+    ap.add_argument("--decode-profile-rows", type=int, nargs="*", default=[64, 384],
+                    help="new engine: one decode step's kernels at these batch sizes")
     ap.add_argument("--profile-tokens", type=int, default=32)
     ap.add_argument("--budget-s", type=float, default=420.0, help="skip measurements that would start later")
     ap.add_argument("--smoke", action="store_true", help="tiny random model on the CPU, small shapes: plumbing only")
@@ -389,7 +436,7 @@ def main() -> None:
         save()
     if cuda:
         torch.cuda.empty_cache()
-        for name in ("qwen2vl", "qwen2vl_fast"):
+        for name in ("qwen2vl", "qwen2vl_fast") if args.profile_rows else ():
             engine = engines[name]
             if time.perf_counter() - t0 > args.budget_s + 60:
                 res["skipped"].append(f"profile of {name} (time budget)")
@@ -401,13 +448,24 @@ def main() -> None:
                 res.setdefault("profile", {})[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
             print("profile", name, res["profile"][name], flush=True)
             save()
-        try:
-            items = make_items(args.prefill_rows, args.frames, *args.size)
-            res["prefill_profile"] = prefill_profile(engines["qwen2vl_fast"], items)
-        except Exception as exc:  # noqa: BLE001
-            res["prefill_profile"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-        print("prefill profile", res["prefill_profile"], flush=True)
-        save()
+        if args.profile_rows:
+            try:
+                items = make_items(args.prefill_rows, args.frames, *args.size)
+                res["prefill_profile"] = prefill_profile(engines["qwen2vl_fast"], items)
+            except Exception as exc:  # noqa: BLE001
+                res["prefill_profile"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            print("prefill profile", res["prefill_profile"], flush=True)
+            save()
+        for rows in args.decode_profile_rows:
+            try:
+                engines["qwen2vl_fast"]._state = None
+                torch.cuda.empty_cache()
+                out = decode_profile(engines["qwen2vl_fast"], make_items(rows, args.frames, *args.size))
+            except Exception as exc:  # noqa: BLE001
+                out = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            res.setdefault("decode_profile", {})[rows] = out
+            print("decode profile", rows, out, flush=True)
+            save()
     best = {name: max((r["output_tokens_per_s"], b) for b, r in runs.items() if "output_tokens_per_s" in r)
             for name, runs in res["runs"].items() if any("output_tokens_per_s" in r for r in runs.values())}
     res["best"] = {name: {"output_tokens_per_s": v, "rows": b} for name, (v, b) in best.items()}
