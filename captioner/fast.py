@@ -60,6 +60,8 @@ def grouped_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: 
     import torch
     import torch.nn.functional as F
 
+    if attention_mask is not None or cu_seq_lens_q is None or kwargs.get("is_causal"):
+        raise ValueError("grouped_sdpa: bidirectional attention within cu_seqlens groups only (no mask, not causal)")
     heads, total, dim = query.shape[1:]
     groups = int(cu_seq_lens_q.numel()) - 1
     if max_length_q is not None and groups * int(max_length_q) == total:  # max × count = sum: all lengths equal
