@@ -35,7 +35,11 @@ def _cmd_rewrite(args: argparse.Namespace) -> int:
     cfg = RewriteConfig(model=args.model, language=args.language, batch_size=args.batch_size,
                         max_new_tokens=args.max_new_tokens, retries=args.retries, device=args.device,
                         dtype=args.dtype)
-    prompts = read_prompts(args.prompts)
+    try:
+        prompts = read_prompts(args.prompts)
+    except (OSError, ValueError) as exc:  # no such file, not JSONL, no prompts: one line, before a model loads
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     results = rewrite_file(prompts, args.out, cfg)
     bad = [r for r in results if not r.ok]
     print(f"wrote {len(results)} rewrites to {args.out} ({len(bad)} rejected)")

@@ -132,3 +132,9 @@ def test_cli_rewrite_writes_every_prompt_and_strict_fails_on_a_rejection(tiny, t
     assert main(args + ["--strict"]) == 1
     assert main(["rewrite", "--prompts", str(prompts), "--out", str(out), "--language", "fr"]) == 2
     assert "rewrite.language" in capsys.readouterr().err
+    # A prompts file that is not there, or not JSONL: one line, no traceback (a FileNotFoundError before).
+    assert main(["rewrite", "--prompts", str(tmp_path / "none.txt"), "--out", str(out)]) == 2
+    assert "error: --prompts: no file" in capsys.readouterr().err
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    assert main(["rewrite", "--prompts", str(tmp_path / "bad.jsonl"), "--out", str(out)]) == 2
+    assert "bad.jsonl:1: not JSON" in capsys.readouterr().err
