@@ -193,8 +193,13 @@ def load_yaml_file(path: str | Any) -> Any:
     ConfigError naming the file)."""
     import yaml
 
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, not text: every command says it alike
+        raise ConfigError(f"cannot read config file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
         return _parse_yaml(text)
     except yaml.YAMLError as exc:

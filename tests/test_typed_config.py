@@ -69,3 +69,24 @@ def test_reads_nested_lists_dicts_optionals_and_defaults():
 ])
 def test_errors_name_the_key(data, message):
     assert _err(data) == message or _err(data).startswith(message + " ")
+
+
+def test_a_missing_or_unreadable_config_file_is_one_line_for_every_command(tmp_path, capsys):
+    """The one config reader turns a missing file, a folder or non-UTF-8 bytes into a ConfigError, so every command
+    says 'config error:' and exits 2 (trainer.prepare and train_vae printed a FileNotFoundError traceback)."""
+    from curation.errors import ConfigError
+    from curation.typed import load_yaml_file
+    from trainer import prepare, train_vae
+
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_yaml_file(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_yaml_file(tmp_path)
+    (tmp_path / "latin1.yaml").write_bytes("a: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_yaml_file(tmp_path / "latin1.yaml")
+    missing = str(tmp_path / "nope.yaml")
+    assert prepare.main(["--stages", str(tmp_path), "--out", str(tmp_path / "lat"), "--config", missing]) == 2
+    assert train_vae.main(["--config", missing, "--stages", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("config error: config file not found") == 2 and "Traceback" not in err
