@@ -153,3 +153,14 @@ def test_sample_cli_names_the_flag_of_a_missing_or_wrong_file(tmp_path):
     with pytest.raises(SystemExit, match="^--vae: Error.s. in loading state_dict for WanVAE: Missing key") as info:
         sample.main(["--checkpoint", str(tmp_path / "dit"), "--vae", str(tmp_path / "wrong.safetensors"), *args])
     assert "\n" not in str(info.value) and len(str(info.value)) < 420  # one line, not 200 key names
+    # A frame count that is not 1 + 4k: one line naming the flags (a ValueError traceback before), checked before
+    # the text encoder would load.
+    from trainer.models.vae.model import WanVAE, vae_config
+
+    save_file(WanVAE(vae_config("tiny")).state_dict(), str(tmp_path / "vae.safetensors"))
+    tiny_dit = WanDiT.from_config("tiny")
+    save_wan_dit(tiny_dit.state_dict(), tiny_dit.config, str(tmp_path / "dit4"))
+    with pytest.raises(SystemExit, match="^--frames/--height/--width: .*1 \\+ 4k"):
+        sample.main(["--checkpoint", str(tmp_path / "dit4"), "--vae", str(tmp_path / "vae.safetensors"),
+                     "--vae-preset", "tiny", "--text-encoder", str(tmp_path / "no-encoder"), "--frames", "80",
+                     *args])

@@ -226,13 +226,17 @@ def main(argv: list[str] | None = None) -> int:
     vae = _load("--vae", lambda: load_wan_vae(args.vae, vae_config(args.vae_preset,
                                                                      **_vae_overrides(args.vae_override)), device=device))
     vae.train(False).requires_grad_(False)
+    cfg = vae.config
+    try:  # checked before the text encoder loads: a wrong size costs seconds, not the encoder's load time
+        shape = latent_shape(args.frames, args.height, args.width, cfg.z_dim, cfg.temporal_factor,
+                             cfg.spatial_factor)
+    except ValueError as exc:
+        raise SystemExit(f"--frames/--height/--width: {exc}") from None
+    if model.config.in_dim != shape[0]:
+        raise SystemExit(f"the DiT takes {model.config.in_dim} latent channels, the VAE makes {shape[0]}")
     encoder = _load("--text-encoder", load_text_encoder, args.text_encoder, device=device)
     context = encoder.encode(prompts)
     negative = encoder.encode([args.negative_prompt]) if args.guidance != 1.0 else None
-    cfg = vae.config
-    shape = latent_shape(args.frames, args.height, args.width, cfg.z_dim, cfg.temporal_factor, cfg.spatial_factor)
-    if model.config.in_dim != shape[0]:
-        raise SystemExit(f"the DiT takes {model.config.in_dim} latent channels, the VAE makes {shape[0]}")
     log.info("loaded in %.1f s; sampling %d video(s) of %s latents", time.monotonic() - started, len(context), shape)
     latents = generate(model, context, negative, shape, steps=args.steps, shift=args.shift, guidance=args.guidance,
                        solver=args.solver, seed=args.seed, dtype=dtype)
