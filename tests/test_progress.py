@@ -55,6 +55,8 @@ def test_stderr_filter_drops_the_noise_line_and_colours_and_keeps_the_rest(tmp_p
         os.write(2, b"[2026 E 1 1] core_worker.cc:2465: Actor with class name: 'MapWorker(x)' and ID: 'ab' has "
                     b"constructor arguments in the object store and max_restarts > 0. If ...\\n")
         os.write(2, b"\\x1b[36m(MapWorker pid=1)\\x1b[0m hello from a worker\\n")
+        os.write(2, b"[2026-12-01 09:08:55,068 W 32691 32691] core_worker.cc:4621: Mismatched ActorID: ignoring "
+                    b"KillActor for previous actor e5a110cea580478d39c831a001000000, current actor ID: NIL_ID\\n")
         print("a python warning line", file=sys.stderr)
         raise SystemExit("last words")
     """)
@@ -68,7 +70,7 @@ def test_stderr_filter_drops_the_noise_line_and_colours_and_keeps_the_rest(tmp_p
     assert proc.returncode == 1
     assert "(MapWorker pid=1) hello from a worker" in text and "a python warning line" in text
     assert "last words" in text
-    assert "constructor arguments" not in text and not ANSI.search(text)
+    assert "constructor arguments" not in text and "KillActor" not in text and not ANSI.search(text)
 
 
 @pytest.mark.slow
