@@ -144,6 +144,30 @@ def measure(engine, name: str, items: list, new_tokens: int, rounds: int, cuda: 
     return res, ids
 
 
+def graph_step_ms(state, replays: int) -> float:
+    """Device time of one decode step: the engine's captured graph replayed back to back (no host work between
+    replays), at write positions inside its buffers (moves the write index; call in inference mode)."""
+    import torch
+
+    state.index.fill_(state.length - replays - 4)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        state.graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return round(start.elapsed_time(end) / replays, 3)
+
+
+def kernel_table(prof, calls: int = 1, top: int = 12) -> tuple[float, list[dict]]:
+    """(device seconds of all kernels / `calls`, the `top` kernels by device time per call) of a profile."""
+    avg = prof.key_averages()
+    busy_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in avg)
+    best = sorted(avg, key=lambda e: -(getattr(e, "self_device_time_total", 0) or 0))[:top]
+    return busy_us / 1e6 / calls, [{"name": e.key[:90], "ms": round(e.self_device_time_total / 1e3 / calls, 3),
+                                    "calls": e.count / calls} for e in best]
+
+
 def profile(engine, items: list, new_tokens: int) -> dict:
     """GPU kernel time vs wall time of one call (torch.profiler, CUDA activity)."""
     import torch
@@ -157,22 +181,13 @@ def profile(engine, items: list, new_tokens: int) -> dict:
         engine.generate_ids(items, **force)
         torch.cuda.synchronize()
         wall = time.perf_counter() - t
-    busy_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in prof.key_averages())
+    busy_s, _ = kernel_table(prof)
     out = {"rows": len(items), "new_tokens": new_tokens, "wall_s": round(wall, 3),
-           "gpu_kernel_s": round(busy_us / 1e6, 3), "gpu_busy_share": round(busy_us / 1e6 / wall, 3)}
+           "gpu_kernel_s": round(busy_s, 3), "gpu_busy_share": round(busy_s / wall, 3)}
     state = getattr(engine, "_state", None)
     if state is not None and state.graph is not None:
         with torch.inference_mode():  # the engine's buffers are inference tensors
-            # The decode step on the device alone: graph replays back to back (no host work between them), at write
-            # positions inside the buffers; to compare with the engine's wall time per step.
-            state.index.fill_(state.length - 24)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(20):
-                state.graph.replay()
-            end.record()
-            torch.cuda.synchronize()
-            out["graph_step_device_ms"] = round(start.elapsed_time(end) / 20, 3)
+            out["graph_step_device_ms"] = graph_step_ms(state, 20)  # against the engine's wall time per step
             out["decode_step_wall_ms"] = round(1000 * engine.last_stats["decode_s"]
                                                / max(1, engine.last_stats["steps"]), 3)
     return out
@@ -192,14 +207,11 @@ def prefill_profile(engine, items: list) -> dict:
         engine.generate_ids(items, **one)
         torch.cuda.synchronize()
         wall = time.perf_counter() - t
-    avg = prof.key_averages()
-    busy_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in avg)
-    top = sorted(avg, key=lambda e: -(getattr(e, "self_device_time_total", 0) or 0))[:12]
-    out = {"rows": len(items), "wall_s": round(wall, 3), "gpu_kernel_s": round(busy_us / 1e6, 3),
-           "gpu_busy_share": round(busy_us / 1e6 / wall, 3), **{k: round(v, 3) for k, v in engine.last_stats.items()
+    busy_s, top = kernel_table(prof)
+    out = {"rows": len(items), "wall_s": round(wall, 3), "gpu_kernel_s": round(busy_s, 3),
+           "gpu_busy_share": round(busy_s / wall, 3), **{k: round(v, 3) for k, v in engine.last_stats.items()
                                                                 if k.endswith("_s")},
-           "top_kernels": [{"name": e.key[:90], "ms": round(e.self_device_time_total / 1e3, 2), "calls": e.count}
-                           for e in top]}
+           "top_kernels": top}
     net = engine.model
     inputs, _ = engine.inputs(items)
     pixels = inputs["pixel_values_videos"].to(net.device, net.dtype)
@@ -230,15 +242,8 @@ def decode_profile(engine, items: list) -> dict:
     state = engine._state
     out: dict = {"rows": len(items), "cache_length": state.length}
     with torch.inference_mode():
-        state.index.fill_(state.length - 16)
         if state.graph is not None:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(10):
-                state.graph.replay()
-            end.record()
-            torch.cuda.synchronize()
-            out["graph_step_ms"] = round(start.elapsed_time(end) / 10, 3)
+            out["graph_step_ms"] = graph_step_ms(state, 10)
         state.index.fill_(state.length - 16)
         state.step()
         torch.cuda.synchronize()
@@ -246,17 +251,14 @@ def decode_profile(engine, items: list) -> dict:
             for _ in range(5):
                 state.step()
             torch.cuda.synchronize()
-    avg = prof.key_averages()
-    busy_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in avg)
-    top = sorted(avg, key=lambda e: -(getattr(e, "self_device_time_total", 0) or 0))[:12]
+    busy_s, top = kernel_table(prof, calls=5)
     net = engine.model
     weights = sum(p.numel() * p.element_size() for n, p in net.named_parameters() if "visual" not in n)
     cache = sum(t.numel() * t.element_size() for t in state.keys + state.values)
-    out.update(kernel_ms_per_step=round(busy_us / 1e3 / 5, 3),
+    out.update(kernel_ms_per_step=round(busy_s * 1e3, 3),
                bytes_per_step_gb=round((weights + cache) / 1e9, 2), weights_gb=round(weights / 1e9, 2),
                cache_gb=round(cache / 1e9, 2),
-               top_kernels=[{"name": e.key[:90], "ms_per_step": round(e.self_device_time_total / 1e3 / 5, 3),
-                             "calls_per_step": e.count / 5} for e in top])
+               top_kernels=top)  # ms and calls per step
     if "graph_step_ms" in out:
         out["read_gb_per_s_at_graph_speed"] = round((weights + cache) / 1e9 / (out["graph_step_ms"] / 1e3), 1)
     return out

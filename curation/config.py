@@ -309,9 +309,7 @@ def _check_values(where: str, column: str, values: tuple[str, ...], categories: 
 def load_config(path: str | Path) -> PipelineConfig:
     """Read and validate a YAML pipeline config."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    data = typed.load_yaml_file(p)
+    data = typed.load_yaml_file(p)  # a missing or unreadable file is its ConfigError
     try:
         return parse_config(data or {})
     except ConfigError as exc:

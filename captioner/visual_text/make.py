@@ -79,18 +79,6 @@ def _spacing(value: tuple) -> str | None:
     return None if len(value) == 2 and value[0] <= value[1] else "expected [low, high]"
 
 
-def _word_list(value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        read_terms(value)
-    except OSError as exc:
-        return f"cannot read the word list: {exc.strerror or exc}"
-    except UnicodeDecodeError:
-        return "the word list is not UTF-8 text"
-    return None
-
-
 def _canvases(value: tuple) -> str | None:
     ok = value and all(w >= 64 and h >= 64 for w, h in value)
     return None if ok else "expected a list of [width, height] pairs (>= 64 px)"
@@ -124,7 +112,7 @@ class VisualTextConfig:
     max_lines: int = setting(3, ge=1)
     # terms never rendered (text.py): inline, and/or a word-list file (UTF-8, one per line, # comments)
     exclude_words: tuple[str, ...] = ()
-    exclude_words_file: str | None = setting(None, check=_word_list)
+    exclude_words_file: str | None = None
     min_contrast: float = 4.5
     min_char_accuracy: float = setting(0.9, ge=0, le=1)  # the OCR gate; 0 keeps everything (OCR still runs)
     ocr: bool = True
@@ -143,7 +131,13 @@ def parse_config(data: Any) -> VisualTextConfig:
     cfg = typed.read(VisualTextConfig, data, "visual_text")
     terms = {t.strip().lower() for t in cfg.exclude_words if t.strip()}
     if cfg.exclude_words_file:
-        terms.update(read_terms(cfg.exclude_words_file))
+        try:
+            terms.update(read_terms(cfg.exclude_words_file))
+        except OSError as exc:
+            raise ConfigError(f"visual_text.exclude_words_file: cannot read the word list: {exc.strerror or exc}") \
+                from None
+        except UnicodeDecodeError:
+            raise ConfigError("visual_text.exclude_words_file: the word list is not UTF-8 text") from None
     cfg = replace(cfg, exclude_words=tuple(sorted(terms)))  # one sorted list: the file is read here, once
     fonts = R.available_fonts(list(cfg.fonts) if cfg.fonts else None)
     for lang, share in (("zh", cfg.zh_share), ("en", 1 - cfg.zh_share)):

@@ -55,7 +55,7 @@ def vocabulary(lang: str, size: int, exclude: frozenset[str] = frozenset()) -> t
 def excluded(word: str, terms: frozenset[str], han_terms: tuple[str, ...] = ()) -> bool:
     """Whether a vocabulary word is excluded: an English word equal to a term (any case), a Chinese word equal to
     a term or containing one of `han_terms` (Chinese words are segmented compounds: a term inside one is in it)."""
-    return word.lower() in terms or word in terms or any(t in word for t in han_terms)
+    return word.lower() in terms or any(t in word for t in han_terms)
 
 
 def read_terms(path: str) -> tuple[str, ...]:
